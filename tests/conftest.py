@@ -41,3 +41,11 @@ def _seed_everything():
 @pytest.fixture
 def device():
     return tritium.platform.DEVICE
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint():
+    """Path of the `tiny` synthetic Qwen3 checkpoint (cached under ~/.cache/tritium)."""
+    from tritium.model.synthetic import ensure_checkpoint
+
+    return ensure_checkpoint("tiny")

@@ -1,0 +1,46 @@
+import os
+import subprocess
+import sys
+
+import torch
+
+import tritium
+
+
+def _run(code, env_extra):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.update(env_extra)
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+
+
+def test_cpu_mode_matches_the_machine():
+    if not torch.cuda.is_available():
+        assert os.environ["TRITON_INTERPRET"] == "1"
+        assert tritium.platform.INTERPRET and tritium.platform.DEVICE.type == "cpu"
+    elif os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
+        assert not tritium.platform.INTERPRET and tritium.platform.DEVICE.type == "cuda"
+
+
+def test_import_sets_interpreter_before_triton():
+    code = "import tritium, os, triton.knobs as k; print(os.environ.get('TRITON_INTERPRET'), k.runtime.interpret)"
+    out = _run(code, {}).stdout.split()
+    if torch.cuda.is_available():
+        assert out == ["None", "False"]
+    else:
+        assert out == ["1", "True"]
+
+
+def test_user_setting_is_respected():
+    out = _run("import tritium; print(tritium.platform.INTERPRET)", {"TRITON_INTERPRET": "0"}).stdout.strip()
+    assert out == "False"
+
+
+def test_cpu_mode_message_is_shown_once():
+    code = "import tritium.platform as p; p.announce_cpu_mode(); p.announce_cpu_mode()"
+    err = _run(code, {}).stderr
+    expected = 0 if torch.cuda.is_available() else 1
+    assert err.count("Triton's interpreter") == expected
+
+
+def test_public_names_are_reserved():
+    assert set(tritium.__all__) == {"LLM", "SamplingParams"}

@@ -1,0 +1,189 @@
+"""Synthetic Hugging Face-format Qwen3 checkpoints: random weights at chosen shapes, a real tokenizer.
+
+`python -m tritium.model.synthetic --preset {tiny,qwen3-0.6b,qwen3-8b} [OUT_DIR]` writes config.json,
+model.safetensors (sharded with an index above SHARD_BYTES), generation_config.json and tokenizer files with a
+chat template. transformers loads the directory unchanged, which is how tritium's correctness is checked.
+
+Weights are seeded per tensor (same preset and seed -> same bytes) and scaled so the model is not near-identity
+and next-token distributions are peaked:
+- q/k/v/gate/up ~ N(0, 1/fan_in): unit-RMS activations after each RMSNorm;
+- o_proj/down ~ N(0, (gain * EMBED_STD)^2/fan_in) with gain = sqrt(hidden / layers): the sublayers together
+  outweigh the token's own embedding (with tied embeddings a weaker stack makes the model echo its input), so
+  every layer, and attention across positions, changes the next token;
+- the final norm (or the untied head) is scaled so logits have a standard deviation of about LOGIT_STD.
+Norm weights are 1 + N(0, 0.1^2) so a kernel that forgets to apply them is caught.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from tritium.model.build_tokenizer import SPECIAL_TOKENS, TOKENIZER_DIR
+
+PRESETS = {
+    "tiny": dict(num_hidden_layers=2, hidden_size=128, num_attention_heads=4, num_key_value_heads=2,
+                 head_dim=64, intermediate_size=256, vocab_size=1024, tie_word_embeddings=True,
+                 max_position_embeddings=4096, torch_dtype="float32"),
+    "qwen3-0.6b": dict(num_hidden_layers=28, hidden_size=1024, num_attention_heads=16, num_key_value_heads=8,
+                       head_dim=128, intermediate_size=3072, vocab_size=151936, tie_word_embeddings=True,
+                       max_position_embeddings=40960, torch_dtype="bfloat16"),
+    "qwen3-8b": dict(num_hidden_layers=36, hidden_size=4096, num_attention_heads=32, num_key_value_heads=8,
+                     head_dim=128, intermediate_size=12288, vocab_size=151936, tie_word_embeddings=False,
+                     max_position_embeddings=40960, torch_dtype="bfloat16"),
+}
+FORMAT_VERSION = 1  # bump when the bytes a preset produces change, so caches are rebuilt
+SHARD_BYTES = 2 * 1024**3
+EMBED_STD = 0.05
+LOGIT_STD = 6.0
+CHAT_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+
+def _special_ids() -> dict[str, int]:
+    vocab = json.loads((TOKENIZER_DIR / "tokenizer.json").read_text())["added_tokens"]
+    return {t["content"]: t["id"] for t in vocab if t["content"] in SPECIAL_TOKENS}
+
+
+def make_config(preset: str) -> dict:
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    ids = _special_ids()
+    return {
+        "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "attention_bias": False,
+        "attention_dropout": 0.0, "hidden_act": "silu", "initializer_range": 0.02, "rms_norm_eps": 1e-6,
+        "rope_theta": 1000000.0, "rope_scaling": None, "sliding_window": None, "use_sliding_window": False,
+        "max_window_layers": PRESETS[preset]["num_hidden_layers"], "use_cache": True,
+        "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"],
+        **PRESETS[preset],
+    }
+
+
+def _tensor_specs(cfg: dict):
+    """(name, shape, kind) for every checkpoint tensor, in a fixed order."""
+    h, d, i = cfg["hidden_size"], cfg["head_dim"], cfg["intermediate_size"]
+    hq, hkv = cfg["num_attention_heads"] * d, cfg["num_key_value_heads"] * d
+    yield "model.embed_tokens.weight", (cfg["vocab_size"], h), "embed"
+    for n in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{n}."
+        yield p + "input_layernorm.weight", (h,), "norm"
+        yield p + "self_attn.q_proj.weight", (hq, h), "in"
+        yield p + "self_attn.k_proj.weight", (hkv, h), "in"
+        yield p + "self_attn.v_proj.weight", (hkv, h), "in"
+        yield p + "self_attn.o_proj.weight", (h, hq), "out"
+        yield p + "self_attn.q_norm.weight", (d,), "norm"
+        yield p + "self_attn.k_norm.weight", (d,), "norm"
+        yield p + "post_attention_layernorm.weight", (h,), "norm"
+        yield p + "mlp.gate_proj.weight", (i, h), "in"
+        yield p + "mlp.up_proj.weight", (i, h), "in"
+        yield p + "mlp.down_proj.weight", (h, i), "out"
+    yield "model.norm.weight", (h,), "final_norm"
+    if not cfg["tie_word_embeddings"]:
+        yield "lm_head.weight", (cfg["vocab_size"], h), "embed"
+
+
+def _make_tensor(shape, kind: str, cfg: dict, gen: torch.Generator) -> torch.Tensor:
+    x = torch.randn(shape, generator=gen, dtype=torch.float32)
+    h = cfg["hidden_size"]
+    if kind == "embed":
+        return x * EMBED_STD
+    if kind == "in":
+        return x / math.sqrt(shape[1])
+    if kind == "out":
+        gain = math.sqrt(h / cfg["num_hidden_layers"])
+        return x * (gain * EMBED_STD / math.sqrt(shape[1]))
+    scale = LOGIT_STD / (EMBED_STD * math.sqrt(h)) if kind == "final_norm" else 1.0
+    return scale * (1.0 + 0.1 * x)
+
+
+def write_checkpoint(preset: str, out_dir: str | os.PathLike, seed: int = 0) -> Path:
+    """Write the preset's checkpoint into out_dir (created if needed). Returns the directory."""
+    from safetensors.torch import save_file
+
+    cfg = make_config(preset)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dtype = getattr(torch, cfg["torch_dtype"])
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    shard_bytes = 0
+    for index, (name, shape, kind) in enumerate(_tensor_specs(cfg)):
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + index)
+        t = _make_tensor(shape, kind, cfg, gen).to(dtype).contiguous()
+        nbytes = t.numel() * t.element_size()
+        if shard_bytes and shard_bytes + nbytes > SHARD_BYTES:
+            shards.append({})
+            shard_bytes = 0
+        shards[-1][name] = t
+        shard_bytes += nbytes
+    if len(shards) == 1:
+        save_file(shards[0], str(out / "model.safetensors"), metadata={"format": "pt"})
+    else:
+        weight_map, total = {}, 0
+        for k, shard in enumerate(shards):
+            fname = f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
+            save_file(shard, str(out / fname), metadata={"format": "pt"})
+            for name, t in shard.items():
+                weight_map[name] = fname
+                total += t.numel() * t.element_size()
+        index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+        (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    _write_metadata(cfg, out)
+    return out
+
+
+def _write_metadata(cfg: dict, out: Path) -> None:
+    ids = _special_ids()
+    (out / "config.json").write_text(json.dumps(cfg, indent=2))
+    gen_cfg = {"bos_token_id": ids["<|endoftext|>"], "eos_token_id": [ids["<|im_end|>"], ids["<|endoftext|>"]],
+               "pad_token_id": ids["<|endoftext|>"], "do_sample": False}
+    (out / "generation_config.json").write_text(json.dumps(gen_cfg, indent=2))
+    shutil.copyfile(TOKENIZER_DIR / "tokenizer.json", out / "tokenizer.json")
+    tok_cfg = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>",
+               "bos_token": None, "unk_token": None, "add_bos_token": False, "clean_up_tokenization_spaces": False,
+               "model_max_length": cfg["max_position_embeddings"], "chat_template": CHAT_TEMPLATE}
+    (out / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2))
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("TRITIUM_CACHE", Path.home() / ".cache" / "tritium"))
+
+
+def ensure_checkpoint(preset: str, seed: int = 0) -> Path:
+    """The preset's checkpoint from the cache, written there first if missing."""
+    make_config(preset)  # validates the name
+    path = cache_root() / "checkpoints" / f"{preset}-s{seed}-v{FORMAT_VERSION}"
+    if (path / "config.json").exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{preset}-", dir=path.parent))
+    write_checkpoint(preset, tmp, seed)
+    try:
+        tmp.rename(path)
+    except OSError:  # another process finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m tritium.model.synthetic", description=__doc__.split("\n")[0])
+    ap.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("out_dir", nargs="?", help="where to write (default: the cache, ~/.cache/tritium)")
+    args = ap.parse_args(argv)
+    path = write_checkpoint(args.preset, args.out_dir, args.seed) if args.out_dir else ensure_checkpoint(
+        args.preset, args.seed)
+    print(path)
+
+
+if __name__ == "__main__":
+    main()
