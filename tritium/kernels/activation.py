@@ -1,0 +1,87 @@
+"""SiLU-and-mul, the gated MLP activation of Qwen3 / Llama.
+
+    x [T, 2F] = [a | b]  ->  y [T, F] = silu(a) * b = a * sigmoid(a) * b
+
+computed in fp32 and rounded once to x's dtype. x: fp16, bf16 or fp32, rows of any stride with a
+contiguous last dim (e.g. the output of a fused gate|up projection); out [T, F] likewise.
+Tiled in 2-D over (rows, columns) so both a large T and a large F fill the machine.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from tritium.autotune import next_pow2, tuned
+
+CONFIGS = [
+    triton.Config({"BLOCK_T": 1, "BLOCK_F": 1024}, num_warps=4),
+    triton.Config({"BLOCK_T": 1, "BLOCK_F": 2048}, num_warps=8),
+    triton.Config({"BLOCK_T": 2, "BLOCK_F": 1024}, num_warps=4),
+    triton.Config({"BLOCK_T": 4, "BLOCK_F": 1024}, num_warps=8),
+    triton.Config({"BLOCK_T": 4, "BLOCK_F": 512}, num_warps=4),
+    triton.Config({"BLOCK_T": 8, "BLOCK_F": 256}, num_warps=4),
+]
+KEY = ["n_cols", "rows_bucket"]
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+@triton.jit
+def _silu_and_mul_kernel(
+    x_ptr,  # [T, 2F] gate | up; last dim contiguous
+    y_ptr,  # [T, F] output; last dim contiguous
+    n_rows,  # T
+    n_cols,  # F (autotune key)
+    rows_bucket,  # next_pow2(T) (autotune key)
+    stride_xt,  # x row stride
+    stride_yt,  # y row stride
+    BLOCK_T: tl.constexpr,
+    BLOCK_F: tl.constexpr,
+):
+    rows = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    cols = tl.program_id(1) * BLOCK_F + tl.arange(0, BLOCK_F)
+    mask = (rows < n_rows)[:, None] & (cols < n_cols)[None, :]
+    r64 = rows.to(tl.int64)[:, None]  # 64-bit: T x 2F can pass 2^31 elements
+    xp = x_ptr + r64 * stride_xt + cols[None, :]
+    a = tl.load(xp, mask=mask, other=0.0).to(tl.float32)
+    b = tl.load(xp + n_cols, mask=mask, other=0.0).to(tl.float32)
+    y = a * tl.sigmoid(a) * b
+    tl.store(y_ptr + r64 * stride_yt + cols[None, :], y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+_kernel = tuned(_silu_and_mul_kernel, CONFIGS, key=KEY)
+
+
+def silu_and_mul(x, *, out=None, config=None):
+    """silu(x[:, :F]) * x[:, F:] for x [T, 2F]; returns [T, F] in x's dtype."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 2:
+        raise ValueError(f"x must be a 2-D tensor [T, 2F], got {getattr(x, 'shape', type(x).__name__)}")
+    if x.dtype not in DTYPES:
+        raise ValueError(f"x has dtype {x.dtype}; supported: fp16, bf16, fp32")
+    if x.shape[1] % 2:
+        raise ValueError(f"x's last dim must be even (gate | up), got {x.shape[1]}")
+    if x.numel() and x.stride(1) != 1:
+        raise ValueError(f"x must have a contiguous last dimension (stride {x.stride(1)})")
+    n, f = x.shape[0], x.shape[1] // 2
+    if out is None:
+        out = torch.empty((n, f), dtype=x.dtype, device=x.device)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (n, f):
+        raise ValueError(f"out must be a tensor of shape {(n, f)}, got {getattr(out, 'shape', None)}")
+    if out.dtype != x.dtype or out.device != x.device:
+        raise ValueError(f"out ({out.dtype}, {out.device}) must match x ({x.dtype}, {x.device})")
+    if out.numel() and out.stride(1) != 1:
+        raise ValueError(f"out must have a contiguous last dimension (stride {out.stride(1)})")
+    if out.numel() == 0:
+        return out
+    _kernel(
+        lambda meta: (triton.cdiv(n, meta["BLOCK_T"]), triton.cdiv(f, meta["BLOCK_F"])),
+        x, out, n, f, next_pow2(n), x.stride(0), out.stride(0), config=config,
+    )
+    return out
+
+
+def silu_and_mul_ref(x):
+    """fp32 reference: silu(a) * b, rounded to x's dtype."""
+    f = x.shape[-1] // 2
+    xf = x.float()
+    return (torch.nn.functional.silu(xf[..., :f]) * xf[..., f:]).to(x.dtype)

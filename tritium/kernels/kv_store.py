@@ -1,0 +1,118 @@
+"""KV-cache store: write this step's keys and values into the paged caches.
+
+    k_cache[s // B, s % B] = k[t];  v_cache[s // B, s % B] = v[t]     for s = slot_mapping[t] >= 0
+
+k, v: [T, Hkv, D] (any strides with a contiguous last dim, e.g. slices of a packed qkv tensor).
+k_cache, v_cache: [num_blocks, B, Hkv, D] (any strides, contiguous last dim), the same dtype as k and v
+(fp16, bf16 or fp32). slot_mapping: [T] int32 or int64, distinct slots; -1 skips the token (CUDA-graph
+padding), and so does any slot >= num_blocks * B (never written out of bounds). Exact copy. B: any block
+size (the engine uses powers of two, 16..256).
+Tiled in 2-D over (tokens, Hkv * D columns): each program copies BLOCK_T rows of BLOCK_C elements.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from tritium.autotune import next_pow2, tuned
+
+CONFIGS = [
+    triton.Config({"BLOCK_T": 1, "BLOCK_C": 1024}, num_warps=4),
+    triton.Config({"BLOCK_T": 2, "BLOCK_C": 1024}, num_warps=4),
+    triton.Config({"BLOCK_T": 4, "BLOCK_C": 1024}, num_warps=8),
+    triton.Config({"BLOCK_T": 1, "BLOCK_C": 512}, num_warps=2),
+    triton.Config({"BLOCK_T": 8, "BLOCK_C": 512}, num_warps=8),
+]
+KEY = ["tokens_bucket", "n_cols", "HEAD_DIM"]
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+@triton.jit
+def _store_kv_kernel(
+    k_ptr,  # [T, H, D]
+    v_ptr,  # [T, H, D]
+    kc_ptr,  # [num_blocks, B, H, D]
+    vc_ptr,  # [num_blocks, B, H, D]
+    slot_ptr,  # [T] int32/int64
+    n_tokens,  # T
+    tokens_bucket,  # next_pow2(T) (autotune key)
+    n_cols,  # H * D (autotune key)
+    block_size,  # B
+    n_slots,  # num_blocks * B
+    stride_kt, stride_kh, stride_vt, stride_vh,
+    stride_kcb, stride_kcs, stride_kch,  # k_cache strides of dims 0, 1, 2
+    stride_vcb, stride_vcs, stride_vch,  # v_cache strides of dims 0, 1, 2
+    HEAD_DIM: tl.constexpr,  # D
+    BLOCK_T: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    slot = tl.load(slot_ptr + t, mask=t < n_tokens, other=-1).to(tl.int64)
+    row_ok = (slot >= 0) & (slot < n_slots)
+    mask = row_ok[:, None] & (c < n_cols)[None, :]
+    h = (c // HEAD_DIM)[None, :]
+    d = (c % HEAD_DIM)[None, :]
+    blk = (slot // block_size)[:, None]
+    off = (slot % block_size)[:, None]
+    t64 = t.to(tl.int64)[:, None]
+    k = tl.load(k_ptr + t64 * stride_kt + h * stride_kh + d, mask=mask)
+    v = tl.load(v_ptr + t64 * stride_vt + h * stride_vh + d, mask=mask)
+    tl.store(kc_ptr + blk * stride_kcb + off * stride_kcs + h * stride_kch + d, k, mask=mask)
+    tl.store(vc_ptr + blk * stride_vcb + off * stride_vcs + h * stride_vch + d, v, mask=mask)
+
+
+# Re-running a trial config writes the same values, so tuning needs no restore.
+_kernel = tuned(_store_kv_kernel, CONFIGS, key=KEY)
+
+
+def _check_kv(k, v, k_cache, v_cache, slot_mapping) -> None:
+    for name, t, dims in (("k", k, 3), ("v", v, 3), ("k_cache", k_cache, 4), ("v_cache", v_cache, 4)):
+        if not isinstance(t, torch.Tensor) or t.dim() != dims:
+            raise ValueError(f"{name} must be a {dims}-D tensor, got {getattr(t, 'shape', type(t).__name__)}")
+        if t.dtype not in DTYPES or t.dtype != k.dtype:
+            raise ValueError(f"{name} has dtype {t.dtype}; k, v and the caches must share one of fp16/bf16/fp32")
+        if t.device != k.device:
+            raise ValueError(f"{name} is on {t.device}, k on {k.device}")
+        if t.numel() and t.stride(-1) != 1:
+            raise ValueError(f"{name} must have a contiguous last dimension (stride {t.stride(-1)})")
+    if v.shape != k.shape:
+        raise ValueError(f"v {tuple(v.shape)} must match k {tuple(k.shape)}")
+    if v_cache.shape != k_cache.shape:
+        raise ValueError(f"v_cache {tuple(v_cache.shape)} must match k_cache {tuple(k_cache.shape)}")
+    if k_cache.shape[2:] != k.shape[1:]:
+        raise ValueError(f"cache heads/head_dim {tuple(k_cache.shape[2:])} != k's {tuple(k.shape[1:])}")
+    if not isinstance(slot_mapping, torch.Tensor) or slot_mapping.dtype not in (torch.int32, torch.int64):
+        raise ValueError("slot_mapping must be an int32 or int64 tensor")
+    if tuple(slot_mapping.shape) != (k.shape[0],) or slot_mapping.device != k.device:
+        raise ValueError(f"slot_mapping must be [{k.shape[0]}] on {k.device}, got {tuple(slot_mapping.shape)}")
+    if slot_mapping.numel() and slot_mapping.stride(0) != 1:
+        raise ValueError("slot_mapping must be contiguous")
+
+
+def store_kv(k, v, k_cache, v_cache, slot_mapping, *, config=None) -> None:
+    """Copy k, v [T, Hkv, D] into k_cache, v_cache [num_blocks, B, Hkv, D] at slot_mapping (-1 skips)."""
+    _check_kv(k, v, k_cache, v_cache, slot_mapping)
+    n, h, d = k.shape
+    if n == 0 or h * d == 0 or k_cache.shape[0] * k_cache.shape[1] == 0:
+        return
+    _kernel(
+        lambda meta: (triton.cdiv(n, meta["BLOCK_T"]), triton.cdiv(h * d, meta["BLOCK_C"])),
+        k, v, k_cache, v_cache, slot_mapping, n, next_pow2(n), h * d, k_cache.shape[1],
+        k_cache.shape[0] * k_cache.shape[1],
+        k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+        HEAD_DIM=d, config=config,
+    )
+
+
+def store_kv_ref(k, v, k_cache, v_cache, slot_mapping) -> None:
+    """Plain PyTorch, in place: the same writes (slots < 0 or past the cache skipped). Syncs the host."""
+    b = k_cache.shape[1]
+    s = slot_mapping.long()
+    keep = (s >= 0) & (s < k_cache.shape[0] * b)
+    s = s[keep]
+    k_cache[s // b, s % b] = k[keep]
+    v_cache[s // b, s % b] = v[keep]

@@ -1,0 +1,193 @@
+"""RMSNorm: plain, fused with the residual add, and per attention head (Qwen3 q_norm / k_norm).
+
+Math, as transformers 5.x Qwen3RMSNorm computes it (fp32 inside, result in the input dtype):
+    n = x * rsqrt(mean(x^2) + eps)            fp32
+    y = rnd(rnd(n) * w)                        rnd() = cast to x's dtype; the product is formed in fp32
+The inner rnd() reproduces transformers' `weight * hidden.to(input_dtype)`; the outer one is torch's own
+rounding of a 16-bit product. Both are no-ops in fp32.
+
+- rms_norm(x [T, H], weight [H], eps) -> y [T, H]
+- add_rms_norm(x [T, H], residual [T, H], weight, eps) -> (y, r'): r' = rnd(x + residual) is stored in x's
+  dtype and y = rms_norm(r') is computed from that stored value (the residual stream kept in the model
+  dtype, as in transformers). residual_out may be `residual` itself (in place) and out may be x.
+- head_rms_norm(x [T, heads, D], weight [D], eps) -> y [T, heads, D]: each head vector normalised on its
+  own. x and out may be any strided views (e.g. slices of a packed qkv tensor) with a contiguous last
+  dim; out may be x (in place).
+x / residual / out: fp16, bf16 or fp32, all the same dtype. weight: any float dtype, used in fp32.
+All three run one kernel: a tile of ROWS rows x next_pow2(H) columns per program, one pass over memory.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from tritium.autotune import next_pow2, tuned
+
+# Rows of hidden-size width (H = 1000..8192): one to a few rows per program, warps scaled with width.
+CONFIGS = [
+    triton.Config({"ROWS": 1}, num_warps=4),
+    triton.Config({"ROWS": 1}, num_warps=8),
+    triton.Config({"ROWS": 1}, num_warps=16),
+    triton.Config({"ROWS": 2}, num_warps=4),
+    triton.Config({"ROWS": 2}, num_warps=8),
+    triton.Config({"ROWS": 4}, num_warps=8),
+]
+# Rows of head_dim width (64..256): many rows per program so each one moves a few KiB.
+HEAD_CONFIGS = [
+    triton.Config({"ROWS": 8}, num_warps=4),
+    triton.Config({"ROWS": 4}, num_warps=2),
+    triton.Config({"ROWS": 16}, num_warps=4),
+    triton.Config({"ROWS": 32}, num_warps=8),
+]
+KEY = ["n_cols", "rows_bucket", "HAS_RESIDUAL"]
+MAX_COLS = 65536
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+@triton.jit
+def _rms_norm_kernel(
+    x_ptr,  # [T, NH, N] input (NH = 1 for a [T, N] matrix); last dim contiguous
+    r_ptr,  # [T, N] residual, read only when HAS_RESIDUAL
+    w_ptr,  # [N] weight
+    y_ptr,  # [T, NH, N] output
+    ro_ptr,  # [T, N] residual output rnd(x + r), written only when HAS_RESIDUAL
+    n_rows,  # T * NH
+    n_heads,  # NH
+    n_cols,  # N (autotune key)
+    rows_bucket,  # next_pow2(n_rows) (autotune key)
+    stride_xt, stride_xh,  # x strides of dims 0 and 1
+    stride_rt,  # residual row stride
+    stride_yt, stride_yh,  # y strides of dims 0 and 1
+    stride_rot,  # residual-output row stride
+    eps,  # float
+    HAS_RESIDUAL: tl.constexpr,
+    BLOCK_N: tl.constexpr,  # next_pow2(N)
+    ROWS: tl.constexpr,  # rows per program
+):
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    cols = tl.arange(0, BLOCK_N)
+    col_ok = cols < n_cols
+    mask = (rows < n_rows)[:, None] & col_ok[None, :]
+    # 64-bit offsets: T x row stride can pass 2^31 for long prefills.
+    t = (rows // n_heads).to(tl.int64)
+    h = (rows % n_heads).to(tl.int64)
+    x = tl.load(x_ptr + (t * stride_xt + h * stride_xh)[:, None] + cols[None, :], mask=mask, other=0.0)
+    x = x.to(tl.float32)
+    if HAS_RESIDUAL:
+        r = tl.load(r_ptr + (t * stride_rt)[:, None] + cols[None, :], mask=mask, other=0.0)
+        # The residual stream is kept in the model dtype; normalise the rounded sum.
+        s = (x + r.to(tl.float32)).to(ro_ptr.dtype.element_ty)
+        tl.store(ro_ptr + (t * stride_rot)[:, None] + cols[None, :], s, mask=mask)
+        x = s.to(tl.float32)
+    inv = tl.rsqrt(tl.sum(x * x, axis=1) / n_cols + eps)
+    w = tl.load(w_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+    n = (x * inv[:, None]).to(y_ptr.dtype.element_ty).to(tl.float32)
+    y = (n * w[None, :]).to(y_ptr.dtype.element_ty)
+    tl.store(y_ptr + (t * stride_yt + h * stride_yh)[:, None] + cols[None, :], y, mask=mask)
+
+
+# In-place uses (out=x, residual_out=residual) must survive the tuner's repeated trial launches.
+_rows_kernel = tuned(_rms_norm_kernel, CONFIGS, key=KEY, restore_value=["x_ptr", "r_ptr"])
+_heads_kernel = tuned(_rms_norm_kernel, HEAD_CONFIGS, key=KEY, restore_value=["x_ptr"])
+
+
+def _check(t, name: str, shape, dtype, device) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {tuple(shape)}")
+    if dtype is not None and t.dtype != dtype:
+        raise ValueError(f"{name} has dtype {t.dtype}, expected {dtype}")
+    if t.device != device:
+        raise ValueError(f"{name} is on {t.device}, expected {device}")
+    if t.numel() and t.stride(-1) != 1:
+        raise ValueError(f"{name} must have a contiguous last dimension (stride {t.stride(-1)})")
+
+
+def _check_common(x, weight, eps, dims: int, name: str = "x") -> None:
+    if not isinstance(x, torch.Tensor) or x.dim() != dims:
+        raise ValueError(f"{name} must be a {dims}-D tensor, got {getattr(x, 'shape', type(x).__name__)}")
+    if x.dtype not in DTYPES:
+        raise ValueError(f"{name} has dtype {x.dtype}; supported: fp16, bf16, fp32")
+    _check(x, name, x.shape, x.dtype, x.device)
+    if not isinstance(weight, torch.Tensor) or not weight.is_floating_point():
+        raise ValueError("weight must be a floating-point tensor")
+    _check(weight, "weight", (x.shape[-1],), None, x.device)
+    if not 0 < x.shape[-1] <= MAX_COLS:
+        raise ValueError(f"normalised size {x.shape[-1]} must be in 1..{MAX_COLS}")
+    if not float(eps) >= 0:
+        raise ValueError(f"eps must be >= 0, got {eps}")
+
+
+def _launch(kernel, x, r, w, y, ro, n_heads, sx, sr, sy, sro, eps, has_residual, config):
+    n_rows = x.shape[0] * n_heads
+    if n_rows == 0:
+        return
+    n_cols = x.shape[-1]
+    kernel(
+        lambda meta: (triton.cdiv(n_rows, meta["ROWS"]),),
+        x, r, w, y, ro, n_rows, n_heads, n_cols, next_pow2(n_rows),
+        sx[0], sx[1], sr, sy[0], sy[1], sro, float(eps),
+        HAS_RESIDUAL=has_residual, BLOCK_N=next_pow2(n_cols), config=config,
+    )
+
+
+def rms_norm(x, weight, eps: float, *, out=None, config=None):
+    """y = rnd(rnd(x * rsqrt(mean(x^2) + eps)) * weight) over the rows of x [T, H]; returns y [T, H]."""
+    _check_common(x, weight, eps, 2)
+    if out is None:
+        out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    _check(out, "out", x.shape, x.dtype, x.device)
+    _launch(_rows_kernel, x, x, weight, out, out, 1, (x.stride(0), 0), 0, (out.stride(0), 0), 0, eps, False, config)
+    return out
+
+
+def add_rms_norm(x, residual, weight, eps: float, *, out=None, residual_out=None, config=None):
+    """r' = rnd(x + residual); y = rms_norm(r'). Returns (y, r'). residual_out=residual updates in place."""
+    _check_common(x, weight, eps, 2)
+    _check(residual, "residual", x.shape, x.dtype, x.device)
+    if out is None:
+        out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    if residual_out is None:
+        residual_out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    _check(out, "out", x.shape, x.dtype, x.device)
+    _check(residual_out, "residual_out", x.shape, x.dtype, x.device)
+    if x.numel() and out.data_ptr() == residual_out.data_ptr():
+        raise ValueError("out and residual_out must be different tensors")
+    _launch(
+        _rows_kernel, x, residual, weight, out, residual_out, 1, (x.stride(0), 0), residual.stride(0),
+        (out.stride(0), 0), residual_out.stride(0), eps, True, config,
+    )
+    return out, residual_out
+
+
+def head_rms_norm(x, weight, eps: float, *, out=None, config=None):
+    """Per-head RMSNorm of x [T, heads, D] (any strides, last dim contiguous) with weight [D]; out may be x."""
+    _check_common(x, weight, eps, 3)
+    if out is None:
+        out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    _check(out, "out", x.shape, x.dtype, x.device)
+    _launch(
+        _heads_kernel, x, x, weight, out, out, x.shape[1], (x.stride(0), x.stride(1)), 0,
+        (out.stride(0), out.stride(1)), 0, eps, False, config,
+    )
+    return out
+
+
+def rms_norm_ref(x, weight, eps: float):
+    """fp32 reference with transformers' rounding order: rnd(rnd(x * rsqrt(mean(x^2) + eps)) * w)."""
+    xf = x.float()
+    n = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+    return (n.float() * weight.float()).to(x.dtype)
+
+
+def add_rms_norm_ref(x, residual, weight, eps: float):
+    """(rms_norm_ref(r'), r') with r' = rnd(x + residual) in x's dtype."""
+    r = (x.float() + residual.float()).to(x.dtype)
+    return rms_norm_ref(r, weight, eps), r
+
+
+def head_rms_norm_ref(x, weight, eps: float):
+    """rms_norm_ref over the last dim of x [T, heads, D]."""
+    return rms_norm_ref(x, weight, eps)

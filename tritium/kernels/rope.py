@@ -1,0 +1,192 @@
+"""Rotary position embedding (rotate-half / neox style, as transformers' Qwen3 and Llama), optionally fused
+with Qwen3's per-head q_norm / k_norm.
+
+Cache layout: rope_cos_sin(D, P, theta) -> cs [P, D] fp32 with cs[p, :D/2] = cos(p * f) and
+cs[p, D/2:] = sin(p * f), f_i = theta^(-2i/D), computed exactly as transformers' Qwen3RotaryEmbedding
+(fp32 inv_freq, fp32 product position * inv_freq). transformers' cos/sin of width D repeat each half, so
+the D/2 values here are all there is.
+
+apply_rope(q [T, Hq, D], k [T, Hkv, D], positions [T], cs): in place, for each head vector x = [x1, x2]
+(halves of D/2), c = cs[pos, :D/2], s = cs[pos, D/2:]:
+    x1' = x1 * c - x2 * s        x2' = x2 * c + x1 * s           (fp32, one rounding to x's dtype)
+qk_norm_rope(q, k, q_weight [D], k_weight [D], eps, positions, cs): in place, x <- rope(head_rms_norm(x, w))
+in one pass; the normalised value is rounded to x's dtype before the rotation, as transformers' q_norm
+output is (see rmsnorm.py for the norm's rounding order).
+q and k: fp16, bf16 or fp32 (the same), any strides with a contiguous last dim (slices of a packed qkv
+tensor). positions: int32/int64 in [0, P) (values outside are clamped, never read out of bounds).
+One program handles BLOCK_T tokens and all of their q and k heads, so each cos/sin row is read once.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from tritium.autotune import next_pow2, tuned
+
+CONFIGS = [
+    triton.Config({"BLOCK_T": 1}, num_warps=4),
+    triton.Config({"BLOCK_T": 1}, num_warps=2),
+    triton.Config({"BLOCK_T": 1}, num_warps=8),
+    triton.Config({"BLOCK_T": 2}, num_warps=4),
+    triton.Config({"BLOCK_T": 2}, num_warps=8),
+    triton.Config({"BLOCK_T": 4}, num_warps=8),
+]
+KEY = ["tokens_bucket", "n_q_heads", "n_kv_heads", "HALF", "NORM"]
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+@triton.jit
+def _rope_heads(
+    ptr,  # [T, H, D] q or k; last dim contiguous
+    w_ptr,  # [D] norm weight (used when NORM)
+    t,  # [BLOCK_T] token indices of this program
+    n_tokens, n_heads, stride_t, stride_h,
+    cos, sin,  # [BLOCK_T, 1, HALF_P2] fp32
+    eps,
+    NORM: tl.constexpr, HALF: tl.constexpr, HALF_P2: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr,
+):
+    h = tl.arange(0, BLOCK_H)
+    d = tl.arange(0, HALF_P2)
+    mask = (t < n_tokens)[:, None, None] & (h < n_heads)[None, :, None] & (d < HALF)[None, None, :]
+    p = ptr + t.to(tl.int64)[:, None, None] * stride_t + (h * stride_h)[None, :, None] + d[None, None, :]
+    x1 = tl.load(p, mask=mask, other=0.0).to(tl.float32)
+    x2 = tl.load(p + HALF, mask=mask, other=0.0).to(tl.float32)
+    if NORM:
+        inv = tl.rsqrt((tl.sum(x1 * x1, axis=2) + tl.sum(x2 * x2, axis=2)) / (2 * HALF) + eps)[:, :, None]
+        w1 = tl.load(w_ptr + d, mask=d < HALF, other=0.0).to(tl.float32)[None, None, :]
+        w2 = tl.load(w_ptr + HALF + d, mask=d < HALF, other=0.0).to(tl.float32)[None, None, :]
+        # transformers' rounding: rnd(rnd(x * inv) * w), then RoPE on that stored value.
+        x1 = ((x1 * inv).to(ptr.dtype.element_ty).to(tl.float32) * w1).to(ptr.dtype.element_ty).to(tl.float32)
+        x2 = ((x2 * inv).to(ptr.dtype.element_ty).to(tl.float32) * w2).to(ptr.dtype.element_ty).to(tl.float32)
+    tl.store(p, (x1 * cos - x2 * sin).to(ptr.dtype.element_ty), mask=mask)
+    tl.store(p + HALF, (x2 * cos + x1 * sin).to(ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _rope_kernel(
+    q_ptr,  # [T, Hq, D]
+    k_ptr,  # [T, Hkv, D]
+    qw_ptr,  # [D] q_norm weight (NORM only)
+    kw_ptr,  # [D] k_norm weight (NORM only)
+    pos_ptr,  # [T] int32/int64 positions
+    cs_ptr,  # [P, D] fp32 cos | sin
+    n_tokens,  # T
+    tokens_bucket,  # next_pow2(T) (autotune key)
+    n_q_heads, n_kv_heads,  # Hq, Hkv
+    max_pos,  # P
+    stride_qt, stride_qh, stride_kt, stride_kh,
+    stride_cs,  # cs row stride
+    eps,
+    NORM: tl.constexpr,
+    HALF: tl.constexpr,  # D / 2
+    HALF_P2: tl.constexpr,  # next_pow2(D / 2)
+    BLOCK_HQ: tl.constexpr,  # next_pow2(Hq)
+    BLOCK_HK: tl.constexpr,  # next_pow2(Hkv)
+    BLOCK_T: tl.constexpr,  # tokens per program
+):
+    t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    t_ok = t < n_tokens
+    pos = tl.load(pos_ptr + t, mask=t_ok, other=0).to(tl.int64)
+    pos = tl.minimum(tl.maximum(pos, 0), max_pos - 1)
+    d = tl.arange(0, HALF_P2)
+    cmask = t_ok[:, None] & (d < HALF)[None, :]
+    c = cs_ptr + pos[:, None] * stride_cs + d[None, :]
+    cos = tl.load(c, mask=cmask, other=0.0)[:, None, :]
+    sin = tl.load(c + HALF, mask=cmask, other=0.0)[:, None, :]
+    _rope_heads(q_ptr, qw_ptr, t, n_tokens, n_q_heads, stride_qt, stride_qh, cos, sin, eps,
+                NORM, HALF, HALF_P2, BLOCK_T, BLOCK_HQ)
+    _rope_heads(k_ptr, kw_ptr, t, n_tokens, n_kv_heads, stride_kt, stride_kh, cos, sin, eps,
+                NORM, HALF, HALF_P2, BLOCK_T, BLOCK_HK)
+
+
+_kernel = tuned(_rope_kernel, CONFIGS, key=KEY, restore_value=["q_ptr", "k_ptr"])
+
+
+def rope_cos_sin(head_dim: int, max_position: int, theta: float, device=None) -> torch.Tensor:
+    """[max_position, head_dim] fp32: cos(p * f) in the first half, sin(p * f) in the second."""
+    if head_dim <= 0 or head_dim % 2 or max_position <= 0:
+        raise ValueError(f"need an even head_dim > 0 and max_position > 0, got {head_dim}, {max_position}")
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float) / head_dim))
+    pos = torch.arange(max_position, dtype=torch.float, device=device)
+    freqs = pos[:, None] * inv_freq.to(device)[None, :]
+    return torch.cat([freqs.cos(), freqs.sin()], dim=-1).contiguous()
+
+
+def _check_qk(q, k, positions, cos_sin) -> None:
+    for name, t in (("q", q), ("k", k)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 3:
+            raise ValueError(f"{name} must be a 3-D tensor [T, heads, head_dim]")
+        if t.dtype not in DTYPES:
+            raise ValueError(f"{name} has dtype {t.dtype}; supported: fp16, bf16, fp32")
+        if t.numel() and t.stride(-1) != 1:
+            raise ValueError(f"{name} must have a contiguous last dimension (stride {t.stride(-1)})")
+    if k.dtype != q.dtype or k.device != q.device:
+        raise ValueError(f"k ({k.dtype}, {k.device}) must match q ({q.dtype}, {q.device})")
+    if k.shape[0] != q.shape[0] or k.shape[2] != q.shape[2]:
+        raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} must agree on tokens and head_dim")
+    d = q.shape[2]
+    if d % 2 or d == 0:
+        raise ValueError(f"head_dim must be even, got {d}")
+    if not isinstance(positions, torch.Tensor) or positions.dtype not in (torch.int32, torch.int64):
+        raise ValueError("positions must be an int32 or int64 tensor")
+    if tuple(positions.shape) != (q.shape[0],) or positions.device != q.device or positions.stride(0) != 1:
+        raise ValueError(f"positions must be contiguous [{q.shape[0]}] on {q.device}, got {tuple(positions.shape)}")
+    if not isinstance(cos_sin, torch.Tensor) or cos_sin.dtype != torch.float32 or cos_sin.dim() != 2:
+        raise ValueError("cos_sin must be a 2-D fp32 tensor from rope_cos_sin")
+    if cos_sin.shape[1] != d or cos_sin.shape[0] == 0 or cos_sin.stride(1) != 1 or cos_sin.device != q.device:
+        raise ValueError(f"cos_sin {tuple(cos_sin.shape)} must be [P, {d}], last dim contiguous, on {q.device}")
+
+
+def _launch(q, k, qw, kw, eps, positions, cos_sin, norm, config):
+    n = q.shape[0]
+    if n == 0:
+        return
+    d = q.shape[2]
+    _kernel(
+        lambda meta: (triton.cdiv(n, meta["BLOCK_T"]),),
+        q, k, qw, kw, positions, cos_sin, n, next_pow2(n), q.shape[1], k.shape[1], cos_sin.shape[0],
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), cos_sin.stride(0), float(eps),
+        NORM=norm, HALF=d // 2, HALF_P2=next_pow2(d // 2), BLOCK_HQ=next_pow2(q.shape[1]),
+        BLOCK_HK=next_pow2(k.shape[1]), config=config,
+    )
+
+
+def apply_rope(q, k, positions, cos_sin, *, config=None) -> None:
+    """Rotate q [T, Hq, D] and k [T, Hkv, D] in place at positions [T] with a rope_cos_sin cache."""
+    _check_qk(q, k, positions, cos_sin)
+    _launch(q, k, q, k, 0.0, positions, cos_sin, False, config)
+
+
+def qk_norm_rope(q, k, q_weight, k_weight, eps: float, positions, cos_sin, *, config=None) -> None:
+    """In place: q <- rope(head_rms_norm(q, q_weight)), k <- rope(head_rms_norm(k, k_weight))."""
+    _check_qk(q, k, positions, cos_sin)
+    for name, w in (("q_weight", q_weight), ("k_weight", k_weight)):
+        if not isinstance(w, torch.Tensor) or not w.is_floating_point() or tuple(w.shape) != (q.shape[2],):
+            raise ValueError(f"{name} must be a float tensor of shape [{q.shape[2]}]")
+        if w.stride(0) != 1 or w.device != q.device:
+            raise ValueError(f"{name} must be contiguous and on {q.device}")
+    if not float(eps) >= 0:
+        raise ValueError(f"eps must be >= 0, got {eps}")
+    _launch(q, k, q_weight, k_weight, eps, positions, cos_sin, True, config)
+
+
+def _rotate_ref(x, cs):
+    half = x.shape[-1] // 2
+    cos, sin = cs[:, None, :half], cs[:, None, half:]
+    xf = x.float()
+    x1, x2 = xf[..., :half], xf[..., half:]
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)
+
+
+def apply_rope_ref(q, k, positions, cos_sin):
+    """fp32 reference: returns new (q', k') in q's dtype; q and k are left unchanged."""
+    cs = cos_sin[positions.long()].float()
+    return _rotate_ref(q, cs), _rotate_ref(k, cs)
+
+
+def qk_norm_rope_ref(q, k, q_weight, k_weight, eps: float, positions, cos_sin):
+    """apply_rope_ref of the per-head RMSNorm'd q and k (head_rms_norm_ref, rounded to q's dtype)."""
+    from tritium.kernels.rmsnorm import head_rms_norm_ref
+
+    return apply_rope_ref(head_rms_norm_ref(q, q_weight, eps), head_rms_norm_ref(k, k_weight, eps), positions, cos_sin)
