@@ -1,0 +1,234 @@
+"""RMSNorm kernels (plain, add+norm, per-head) against the fp32 reference and transformers' Qwen3RMSNorm."""
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tritium.autotune import config_id
+from tritium.kernels.rmsnorm import (
+    CONFIGS,
+    HEAD_CONFIGS,
+    add_rms_norm,
+    add_rms_norm_ref,
+    head_rms_norm,
+    head_rms_norm_ref,
+    rms_norm,
+    rms_norm_ref,
+)
+from tritium.testing import assert_close, randn
+
+CPU_DTYPES = [torch.float32, torch.float16]
+HIDDEN = [1000, 1536, 2560, 5120, 7, 64]
+
+
+def _gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def _hf_norm(weight, eps):
+    from transformers.models.qwen3.modeling_qwen3 import Qwen3RMSNorm
+
+    m = Qwen3RMSNorm(weight.shape[0], eps=eps).to(device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        m.weight.copy_(weight)
+    return m
+
+
+def _rows(t, h, dtype, g, scale=1.0, pad=0):
+    """[t, h] rows, as a column slice of a wider buffer when pad > 0 (row stride h + pad)."""
+    return randn(t, h + pad, dtype=dtype, generator=g, scale=scale)[:, pad // 2 : pad // 2 + h]
+
+
+@given(
+    t=st.integers(1, 6),
+    h=st.sampled_from(HIDDEN),
+    dtype=st.sampled_from(CPU_DTYPES),
+    eps=st.sampled_from([1e-6, 1e-5, 0.5]),
+    scale=st.sampled_from([0.02, 1.0, 40.0]),
+    pad=st.sampled_from([0, 6]),
+    seed=st.integers(0, 2**16),
+)
+def test_rms_norm_matches_reference(t, h, dtype, eps, scale, pad, seed):
+    g = _gen(seed)
+    x = _rows(t, h, dtype, g, scale, pad)
+    w = randn(h, dtype=dtype, generator=g)
+    y = rms_norm(x, w, eps)
+    assert y.dtype == dtype and y.shape == (t, h)
+    assert_close(y, rms_norm_ref(x, w, eps).float(), dtype)
+
+
+@given(
+    t=st.integers(1, 6),
+    h=st.sampled_from(HIDDEN),
+    dtype=st.sampled_from(CPU_DTYPES),
+    in_place=st.booleans(),
+    pad=st.sampled_from([0, 6]),
+    seed=st.integers(0, 2**16),
+)
+def test_add_rms_norm_matches_reference(t, h, dtype, in_place, pad, seed):
+    g = _gen(seed)
+    x = _rows(t, h, dtype, g, 1.0, pad)
+    r = _rows(t, h, dtype, g, 3.0, pad)
+    w = randn(h, dtype=dtype, generator=g)
+    y_ref, r_ref = add_rms_norm_ref(x, r, w, 1e-6)
+    y, r_new = add_rms_norm(x, r, w, 1e-6, residual_out=r if in_place else None)
+    assert torch.equal(r_new, r_ref), "the new residual is rnd(x + residual), exactly"
+    if in_place:
+        assert r_new.data_ptr() == r.data_ptr() and torch.equal(r, r_ref)
+    assert_close(y, y_ref.float(), dtype)
+    # y is the norm of the rounded residual, as transformers computes it from the stored stream
+    assert_close(y, _hf_norm(w, 1e-6)(r_ref).float(), dtype)
+
+
+@given(
+    t=st.integers(1, 4),
+    kv_heads=st.sampled_from([1, 2, 4]),
+    group=st.sampled_from([1, 2, 3]),
+    d=st.sampled_from([64, 128]),
+    dtype=st.sampled_from(CPU_DTYPES),
+    in_place=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_head_rms_norm_on_packed_qkv(t, kv_heads, group, d, dtype, in_place, seed):
+    g = _gen(seed)
+    hq = kv_heads * group
+    qkv = randn(t, (hq + 2 * kv_heads) * d, dtype=dtype, generator=g)
+    q = qkv[:, : hq * d].view(t, hq, d)
+    k = qkv[:, hq * d : (hq + kv_heads) * d].view(t, kv_heads, d)
+    v_before = qkv[:, (hq + kv_heads) * d :].clone()
+    w = randn(d, dtype=dtype, generator=g)
+    for x in (q, k):
+        ref = head_rms_norm_ref(x, w, 1e-6)
+        hf = _hf_norm(w, 1e-6)(x)
+        y = head_rms_norm(x, w, 1e-6, out=x if in_place else None)
+        assert_close(y, ref.float(), dtype)
+        assert_close(y, hf.float(), dtype)
+        if in_place:
+            assert y.data_ptr() == x.data_ptr()
+    assert torch.equal(qkv[:, (hq + kv_heads) * d :], v_before), "v must be untouched"
+
+
+def test_matches_transformers_module_fp32():
+    x = randn(4, 1536)
+    w = randn(1536)
+    assert_close(rms_norm(x, w, 1e-6), _hf_norm(w, 1e-6)(x))
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=config_id)
+@pytest.mark.parametrize("dtype", CPU_DTYPES)
+def test_every_row_config(config, dtype):
+    # 5 rows: a partial last tile for ROWS = 2 and 4; H = 1000 masks the tail of BLOCK_N = 1024.
+    x, r, w = randn(5, 1000, dtype=dtype), randn(5, 1000, dtype=dtype), randn(1000, dtype=dtype)
+    assert_close(rms_norm(x, w, 1e-6, config=config), rms_norm_ref(x, w, 1e-6).float(), dtype)
+    y, r_new = add_rms_norm(x, r, w, 1e-6, config=config)
+    y_ref, r_ref = add_rms_norm_ref(x, r, w, 1e-6)
+    assert torch.equal(r_new, r_ref)
+    assert_close(y, y_ref.float(), dtype)
+
+
+@pytest.mark.parametrize("config", HEAD_CONFIGS, ids=config_id)
+def test_every_head_config(config):
+    x = randn(3, 13, 64)[:, 1:12]  # 33 rows, strided: partial tiles for every ROWS
+    w = randn(64)
+    assert_close(head_rms_norm(x, w, 1e-6, config=config), head_rms_norm_ref(x, w, 1e-6))
+
+
+def test_out_buffers_and_aliasing():
+    x, r, w = randn(3, 1000), randn(3, 1000), randn(1000)
+    out = torch.empty(3, 1024)[:, :1000]  # a strided static buffer
+    assert rms_norm(x, w, 1e-6, out=out) is out
+    assert_close(out, rms_norm_ref(x, w, 1e-6))
+    y_ref, r_ref = add_rms_norm_ref(x, r, w, 1e-6)
+    y, r_new = add_rms_norm(x, r, w, 1e-6, out=x, residual_out=r)  # fully in place
+    assert y is x and r_new is r
+    assert torch.equal(r, r_ref)
+    assert_close(x, y_ref)
+
+
+def test_empty_input():
+    x = torch.empty(0, 1000)
+    assert rms_norm(x, randn(1000), 1e-6).shape == (0, 1000)
+    assert head_rms_norm(torch.empty(0, 4, 64), randn(64), 1e-6).shape == (0, 4, 64)
+
+
+def test_bad_inputs_raise():
+    x, w = randn(4, 64), randn(64)
+    with pytest.raises(ValueError, match="dtype"):
+        rms_norm(x.to(torch.int32), w, 1e-6)
+    with pytest.raises(ValueError, match="weight"):
+        rms_norm(x, randn(63), 1e-6)
+    with pytest.raises(ValueError, match="contiguous last"):
+        rms_norm(randn(64, 4).t(), w, 1e-6)
+    with pytest.raises(ValueError, match="2-D"):
+        rms_norm(randn(64), w, 1e-6)
+    with pytest.raises(ValueError, match="out"):
+        rms_norm(x, w, 1e-6, out=torch.empty(4, 32))
+    with pytest.raises(ValueError, match="out"):
+        rms_norm(x, w, 1e-6, out=torch.empty(4, 64, dtype=torch.float16))
+    with pytest.raises(ValueError, match="residual"):
+        add_rms_norm(x, randn(3, 64), w, 1e-6)
+    with pytest.raises(ValueError, match="residual"):
+        add_rms_norm(x, randn(4, 64, dtype=torch.float16), w, 1e-6)
+    o = torch.empty(4, 64)
+    with pytest.raises(ValueError, match="different"):
+        add_rms_norm(x, randn(4, 64), w, 1e-6, out=o, residual_out=o)
+    with pytest.raises(ValueError, match="3-D"):
+        head_rms_norm(x, w, 1e-6)
+    with pytest.raises(ValueError, match="weight"):
+        head_rms_norm(randn(2, 4, 128), w, 1e-6)
+    with pytest.raises(ValueError, match="eps"):
+        rms_norm(x, w, -1.0)
+
+
+# ---- GPU: bf16 at Qwen3-0.6B / 8B shapes (hidden 1024 / 4096; 16 / 32 q heads, 8 kv heads, d 128) ----
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("hidden", [1024, 4096])
+@pytest.mark.parametrize("tokens", [1, 16, 256, 4096])
+def test_gpu_bf16_row_norms(hidden, tokens):
+    dt = torch.bfloat16
+    x, r = randn(tokens, hidden, dtype=dt, device="cuda"), randn(tokens, hidden, dtype=dt, device="cuda")
+    w = randn(hidden, dtype=dt, device="cuda", scale=0.1) + 1
+    assert_close(rms_norm(x, w, 1e-6), rms_norm_ref(x, w, 1e-6).float(), dt)
+    assert_close(rms_norm(x, w, 1e-6), _hf_norm(w, 1e-6)(x).float(), dt)
+    y_ref, r_ref = add_rms_norm_ref(x, r, w, 1e-6)
+    y, r_new = add_rms_norm(x, r, w, 1e-6, residual_out=r)
+    assert torch.equal(r_new, r_ref)
+    assert_close(y, y_ref.float(), dt)
+    for config in CONFIGS:
+        assert_close(rms_norm(x, w, 1e-6, config=config), rms_norm_ref(x, w, 1e-6).float(), dt)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("heads,kv_heads", [(16, 8), (32, 8)])
+@pytest.mark.parametrize("tokens", [1, 16, 4096])
+def test_gpu_bf16_head_norm(heads, kv_heads, tokens):
+    dt, d = torch.bfloat16, 128
+    qkv = randn(tokens, (heads + 2 * kv_heads) * d, dtype=dt, device="cuda")
+    q = qkv[:, : heads * d].view(tokens, heads, d)
+    w = randn(d, dtype=dt, device="cuda", scale=0.1) + 1
+    ref = head_rms_norm_ref(q, w, 1e-6)
+    hf = _hf_norm(w, 1e-6)(q)
+    for config in HEAD_CONFIGS:
+        assert_close(head_rms_norm(q, w, 1e-6, config=config), ref.float(), dt)
+    head_rms_norm(q, w, 1e-6, out=q)
+    assert_close(q, hf.float(), dt)
+
+
+@pytest.mark.gpu
+def test_gpu_add_rms_norm_in_cuda_graph():
+    dt = torch.bfloat16
+    x, r = randn(16, 1024, dtype=dt, device="cuda"), randn(16, 1024, dtype=dt, device="cuda")
+    w = randn(1024, dtype=dt, device="cuda")
+    out = torch.empty_like(x)
+    r0 = r.clone()
+    add_rms_norm(x, r, w, 1e-6, out=out, residual_out=r)  # tune outside the graph
+    r.copy_(r0)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        add_rms_norm(x, r, w, 1e-6, out=out, residual_out=r)
+    r.copy_(r0)
+    graph.replay()
+    y_ref, r_ref = add_rms_norm_ref(x, r0, w, 1e-6)
+    assert torch.equal(r, r_ref)
+    assert_close(out, y_ref.float(), dt)
