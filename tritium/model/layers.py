@@ -1,0 +1,148 @@
+"""Tensor-parallel-ready layers. Each parameter holds only this rank's shard and carries a `weight_loader`
+that cuts that shard out of the full checkpoint tensor, so the loader never needs to know the layout.
+
+With tensor parallel size 1 (no process group) every layer is the plain one. Matmuls go through torch (cuBLAS).
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+
+def tp_rank_and_size() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _divide(n: int, d: int, what: str) -> int:
+    if n % d:
+        raise ValueError(f"{what}={n} is not divisible by tensor parallel size {d}")
+    return n // d
+
+
+def default_weight_loader(param: nn.Parameter, loaded: torch.Tensor) -> None:
+    if param.shape != loaded.shape:
+        raise ValueError(f"shape mismatch: checkpoint {tuple(loaded.shape)} vs parameter {tuple(param.shape)}")
+    param.data.copy_(loaded)
+
+
+class LinearBase(nn.Module):
+    """y = x @ W^T with W [out_local, in_local]; `tp_dim` is the dimension of W that is split (None: replicated)."""
+
+    def __init__(self, in_features: int, out_features: int, tp_dim: int | None):
+        super().__init__()
+        self.tp_rank, self.tp_size = tp_rank_and_size()
+        self.tp_dim = tp_dim
+        if tp_dim == 0:
+            out_features = _divide(out_features, self.tp_size, "output size")
+        elif tp_dim == 1:
+            in_features = _divide(in_features, self.tp_size, "input size")
+        self.weight = nn.Parameter(torch.empty(out_features, in_features), requires_grad=False)
+        self.weight.weight_loader = self.weight_loader
+
+    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor) -> None:
+        if self.tp_dim is not None and self.tp_size > 1:
+            size = param.shape[self.tp_dim]
+            loaded = loaded.narrow(self.tp_dim, self.tp_rank * size, size)
+        default_weight_loader(param, loaded)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight)
+
+
+class ColumnParallelLinear(LinearBase):
+    """Output features split across ranks; each rank returns its slice of y."""
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__(in_features, out_features, tp_dim=0)
+
+
+class RowParallelLinear(LinearBase):
+    """Input features split across ranks; partial products are summed over ranks."""
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__(in_features, out_features, tp_dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.linear(x, self.weight)
+        if self.tp_size > 1:
+            dist.all_reduce(y)
+        return y
+
+
+class PackedColumnLinear(ColumnParallelLinear):
+    """Several column-parallel projections in one matmul (q/k/v, gate/up). `parts` maps each checkpoint
+    shard id to its full output size; each rank holds its slice of every part, parts laid out in order."""
+
+    def __init__(self, in_features: int, parts: dict):
+        self.part_sizes = dict(parts)
+        super().__init__(in_features, sum(parts.values()))
+        self.local_sizes = {k: _divide(v, self.tp_size, f"part {k!r}") for k, v in parts.items()}
+
+    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id=None) -> None:
+        if shard_id not in self.part_sizes:
+            raise ValueError(f"unknown packed shard {shard_id!r}; expected one of {list(self.part_sizes)}")
+        if loaded.shape[0] != self.part_sizes[shard_id]:
+            raise ValueError(
+                f"shape mismatch for shard {shard_id!r}: checkpoint {tuple(loaded.shape)}, "
+                f"expected {self.part_sizes[shard_id]} rows"
+            )
+        offset = 0
+        for k, size in self.local_sizes.items():
+            if k == shard_id:
+                break
+            offset += size
+        size = self.local_sizes[shard_id]
+        loaded = loaded.narrow(0, self.tp_rank * size, size)
+        default_weight_loader(param.data.narrow(0, offset, size), loaded)
+
+
+def qkv_linear(hidden: int, head_dim: int, num_heads: int, num_kv_heads: int) -> PackedColumnLinear:
+    return PackedColumnLinear(hidden, {"q": num_heads * head_dim, "k": num_kv_heads * head_dim,
+                                       "v": num_kv_heads * head_dim})
+
+
+class VocabParallelEmbedding(nn.Module):
+    """Embedding rows split by vocabulary range across ranks; lookups outside a rank's range give zeros that
+    the all-reduce fills in."""
+
+    def __init__(self, vocab_size: int, hidden: int):
+        super().__init__()
+        self.tp_rank, self.tp_size = tp_rank_and_size()
+        self.vocab_size = vocab_size
+        self.shard = -(-vocab_size // self.tp_size)  # ceil: the last shard is padded
+        self.start = self.tp_rank * self.shard
+        self.weight = nn.Parameter(torch.empty(self.shard, hidden), requires_grad=False)
+        self.weight.weight_loader = self.weight_loader
+
+    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor) -> None:
+        if loaded.shape[0] != self.vocab_size or loaded.shape[1] != param.shape[1]:
+            raise ValueError(
+                f"shape mismatch: checkpoint {tuple(loaded.shape)} vs ({self.vocab_size}, {param.shape[1]})")
+        part = loaded[self.start:self.start + self.shard]
+        param.data.zero_()
+        param.data[: part.shape[0]].copy_(part)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.tp_size == 1:
+            return F.embedding(ids, self.weight)
+        local = ids - self.start
+        mask = (local >= 0) & (local < self.shard)
+        y = F.embedding(local.clamp(0, self.shard - 1), self.weight) * mask.unsqueeze(-1).to(self.weight.dtype)
+        dist.all_reduce(y)
+        return y
+
+
+class ParallelLMHead(VocabParallelEmbedding):
+    """logits = h @ E^T over this rank's vocabulary slice, gathered to the full vocabulary on rank 0."""
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = F.linear(hidden, self.weight)
+        if self.tp_size > 1:
+            parts = [torch.empty_like(logits) for _ in range(self.tp_size)] if self.tp_rank == 0 else None
+            dist.gather(logits, parts, dst=0)
+            logits = torch.cat(parts, dim=-1) if self.tp_rank == 0 else None
+        return None if logits is None else logits[..., : self.vocab_size]
