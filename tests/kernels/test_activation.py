@@ -1,0 +1,96 @@
+"""SiLU-and-mul against the fp32 reference and transformers' Qwen3 MLP activation."""
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tritium.autotune import config_id
+from tritium.kernels.activation import CONFIGS, silu_and_mul, silu_and_mul_ref
+from tritium.testing import assert_close, randn
+
+CPU_DTYPES = [torch.float32, torch.float16]
+
+
+@given(
+    t=st.integers(1, 6),
+    f=st.sampled_from([1000, 1536, 2560, 5120, 3, 64]),
+    dtype=st.sampled_from(CPU_DTYPES),
+    scale=st.sampled_from([0.1, 1.0, 8.0]),
+    pad=st.sampled_from([0, 10]),
+    seed=st.integers(0, 2**16),
+)
+def test_silu_and_mul_matches_reference(t, f, dtype, scale, pad, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = randn(t, 2 * f + pad, dtype=dtype, scale=scale, generator=g)[:, pad : pad + 2 * f]  # strided rows
+    y = silu_and_mul(x)
+    assert y.shape == (t, f) and y.dtype == dtype
+    assert_close(y, silu_and_mul_ref(x).float(), dtype)
+
+
+def test_matches_transformers_activation():
+    from transformers.activations import ACT2FN
+
+    x = randn(4, 2 * 1536)
+    gate, up = x[:, :1536], x[:, 1536:]
+    assert_close(silu_and_mul(x), ACT2FN["silu"](gate) * up)
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=config_id)
+@pytest.mark.parametrize("dtype", CPU_DTYPES)
+def test_every_config(config, dtype):
+    # 5 rows x 1000 columns: partial tiles along both axes for every config
+    x = randn(5, 2000, dtype=dtype, scale=3.0)
+    out = torch.empty(5, 1100, dtype=dtype)[:, :1000]
+    assert silu_and_mul(x, out=out, config=config) is out
+    assert_close(out, silu_and_mul_ref(x).float(), dtype)
+
+
+def test_empty_input():
+    assert silu_and_mul(torch.empty(0, 64)).shape == (0, 32)
+
+
+def test_bad_inputs_raise():
+    x = randn(4, 64)
+    with pytest.raises(ValueError, match="2-D"):
+        silu_and_mul(randn(64))
+    with pytest.raises(ValueError, match="even"):
+        silu_and_mul(randn(4, 63))
+    with pytest.raises(ValueError, match="dtype"):
+        silu_and_mul(x.to(torch.int32))
+    with pytest.raises(ValueError, match="contiguous last"):
+        silu_and_mul(randn(64, 4).t())
+    with pytest.raises(ValueError, match="out"):
+        silu_and_mul(x, out=torch.empty(4, 64))
+    with pytest.raises(ValueError, match="out"):
+        silu_and_mul(x, out=torch.empty(4, 32, dtype=torch.float16))
+    with pytest.raises(ValueError, match="contiguous last"):
+        silu_and_mul(x, out=torch.empty(32, 4).t())
+
+
+# ---- GPU: bf16 at Qwen3-0.6B / 8B shapes (intermediate 3072 / 12288) ----
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("inter", [3072, 12288])
+@pytest.mark.parametrize("tokens", [1, 16, 256, 4096])
+def test_gpu_bf16(inter, tokens):
+    dt = torch.bfloat16
+    x = randn(tokens, 2 * inter, dtype=dt, device="cuda", scale=2.0)
+    ref = silu_and_mul_ref(x).float()
+    assert_close(silu_and_mul(x), ref, dt)
+    for config in CONFIGS:
+        assert_close(silu_and_mul(x, config=config), ref, dt)
+
+
+@pytest.mark.gpu
+def test_gpu_in_cuda_graph():
+    dt = torch.bfloat16
+    x = randn(16, 2 * 3072, dtype=dt, device="cuda")
+    out = torch.empty(16, 3072, dtype=dt, device="cuda")
+    silu_and_mul(x, out=out)  # tune outside the graph
+    out.zero_()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        silu_and_mul(x, out=out)
+    x.copy_(randn(16, 2 * 3072, dtype=dt, device="cuda"))
+    graph.replay()
+    assert_close(out, silu_and_mul_ref(x).float(), dt)
