@@ -139,3 +139,32 @@ def check_out(name: str, out: torch.Tensor | None, q: torch.Tensor) -> torch.Ten
     if out.stride(-1) != 1:
         _fail(f"{name}: out's last dim must be contiguous, got strides {out.stride()}")
     return out
+
+
+def random_paged_kv(seq_lens, num_kv_heads: int, head_dim: int, block_size: int, *, dtype=torch.float32,
+                    device="cpu", extra_blocks: int = 0, max_blocks: int | None = None, poison: bool = True,
+                    generator: torch.Generator | None = None):
+    """A paged cache holding random K/V for sequences of lengths `seq_lens` (a list of ints), their blocks
+    scattered over shuffled physical slots (plus `extra_blocks` unowned ones). Returns (k_cache, v_cache,
+    block_tables int32 [B, max_blocks], padding -1). With `poison`, every slot no sequence owns holds NaN,
+    so a kernel that reads past a sequence's end shows it. For tests and benchmarks."""
+    need = [-(-n // block_size) for n in seq_lens]
+    max_blocks = max(max_blocks or 0, max(need, default=0), 1)
+    num_blocks = sum(need) + extra_blocks + 1
+    shape = (num_blocks, block_size, num_kv_heads, head_dim)
+    k_cache = torch.randn(shape, generator=generator, device=device).to(dtype)
+    v_cache = torch.randn(shape, generator=generator, device=device).to(dtype)
+    perm = torch.randperm(num_blocks, generator=generator, device=device).to(torch.int32)
+    tables = torch.full((len(seq_lens), max_blocks), -1, dtype=torch.int32, device=device)
+    owned = torch.zeros(num_blocks * block_size, dtype=torch.bool, device=device)
+    i = 0
+    for b, (n, nb) in enumerate(zip(seq_lens, need)):
+        tables[b, :nb] = perm[i : i + nb]
+        slots = (perm[i : i + nb].long()[:, None] * block_size + torch.arange(block_size, device=device)).flatten()
+        owned[slots[:n]] = True
+        i += nb
+    if poison:
+        bad = ~owned.view(num_blocks, block_size)
+        k_cache[bad] = float("nan")
+        v_cache[bad] = float("nan")
+    return k_cache, v_cache, tables
