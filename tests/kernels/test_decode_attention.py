@@ -150,13 +150,13 @@ def test_bad_inputs_raise():
 
 def _sdpa_decode(q, kc, vc, sl, bt, scale):
     """torch SDPA (bf16) per sequence over its gathered K/V."""
-    from tritium.kernels.attention_ref import _gather
+    from tritium.kernels.attention_ref import gather_kv
 
     out = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
     for b, n in enumerate(sl.tolist()):
         if n:
-            k = _gather(kc, bt[b], n).to(q.dtype).transpose(0, 1)[None]
-            v = _gather(vc, bt[b], n).to(q.dtype).transpose(0, 1)[None]
+            k = gather_kv(kc, bt[b], n).to(q.dtype).transpose(0, 1)[None]
+            v = gather_kv(vc, bt[b], n).to(q.dtype).transpose(0, 1)[None]
             o = torch.nn.functional.scaled_dot_product_attention(q[b, :, None][None], k, v, scale=scale,
                                                                  enable_gqa=True)
             out[b] = o[0, :, 0].float()

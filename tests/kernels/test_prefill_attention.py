@@ -158,15 +158,15 @@ def test_bad_inputs_raise():
 
 def _sdpa_paged(q, kc, vc, cu, sl, bt, scale, dtype):
     """Torch SDPA (in `dtype`) over each sequence's gathered K/V, bottom-right causal, queries in chunks."""
-    from tritium.kernels.attention_ref import _gather
+    from tritium.kernels.attention_ref import gather_kv
 
     F = torch.nn.functional
     res = torch.empty(q.shape, dtype=torch.float32, device=q.device)
     cu_l, sl_l = cu.tolist(), sl.tolist()
     for b, n in enumerate(sl_l):
         lo, hi = cu_l[b], cu_l[b + 1]
-        k = _gather(kc, bt[b], n).to(dtype).transpose(0, 1)[None]
-        v = _gather(vc, bt[b], n).to(dtype).transpose(0, 1)[None]
+        k = gather_kv(kc, bt[b], n).to(dtype).transpose(0, 1)[None]
+        v = gather_kv(vc, bt[b], n).to(dtype).transpose(0, 1)[None]
         for c in range(lo, hi, 1024):
             e = min(hi, c + 1024)
             pos = torch.arange(n - (hi - lo) + (c - lo), n - (hi - lo) + (e - lo), device=q.device)

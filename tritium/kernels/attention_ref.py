@@ -17,8 +17,9 @@ import torch
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
-def _gather(cache: torch.Tensor, table_row: torch.Tensor, n: int) -> torch.Tensor:
-    """The first n tokens of one sequence out of the paged cache: [n, Hkv, D] in fp32."""
+def gather_kv(cache: torch.Tensor, table_row: torch.Tensor, n: int) -> torch.Tensor:
+    """The first n tokens of one sequence (block table row `table_row`) out of the paged cache:
+    [n, Hkv, D] in fp32."""
     bs = cache.shape[1]
     nblk = -(-n // bs)
     blocks = cache[table_row[:nblk].long()]  # [nblk, bs, Hkv, D]
@@ -51,8 +52,8 @@ def prefill_attention_ref(q, k_cache, v_cache, cu_seqlens_q, seq_lens, block_tab
         lo, hi = cu[b], cu[b + 1]
         if hi == lo:
             continue
-        k = _gather(k_cache, block_tables[b], n)
-        v = _gather(v_cache, block_tables[b], n)
+        k = gather_kv(k_cache, block_tables[b], n)
+        v = gather_kv(v_cache, block_tables[b], n)
         q_pos = torch.arange(n - (hi - lo), n)
         res[lo:hi] = _attend(q[lo:hi], k, v, q_pos, scale)
     return _finish(res, out)
@@ -65,8 +66,8 @@ def decode_attention_ref(q, k_cache, v_cache, seq_lens, block_tables, scale, *, 
     for b, n in enumerate(seq_lens.tolist()):
         if n == 0:
             continue
-        k = _gather(k_cache, block_tables[b], n)
-        v = _gather(v_cache, block_tables[b], n)
+        k = gather_kv(k_cache, block_tables[b], n)
+        v = gather_kv(v_cache, block_tables[b], n)
         res[b : b + 1] = _attend(q[b : b + 1], k, v, torch.tensor([n - 1]), scale)
     return _finish(res, out)
 
