@@ -1,0 +1,311 @@
+"""Token sampling: Gumbel-max with per-row temperature, greedy rows, top-k / top-p / min-p, seeded draws.
+
+Math, per row b of logits x[b, :V] (temperature T, seed s, step t):
+    z_i = x_i / T  (T > 0: sampled row)      z_i = x_i  (T == 0: greedy row)
+    K   = kept tokens: all of them, or the top-k / top-p / min-p set (joint, see sampling_filter.py)
+    token   = argmax_{i in K} z_i + g_i   (greedy: argmax_{i in K} z_i; ties go to the lowest id)
+    g_i     = -log(-log u_i),  u_i = uniform from Philox4x32 with key s and counter (i // 4, t), output i % 4
+              (computed in log2 units, which scales and shifts every score of a row alike)
+    logprob = z_token - logsumexp_{i in K} z_i   (greedy rows: of x / 1)
+Gumbel-max draws token i with probability softmax(z)_i restricted to K. The noise of token i depends only on
+(seed, step, i): a row's draw is the same at any batch position, beside any rows, however the vocabulary is
+split across programs.
+
+Shapes and dtypes (not in place): logits [B, V] fp32 / bf16 / fp16 with a contiguous last dim; temperature
+[B] fp32; seeds, offsets [B] int64; top_k [B] int32 (0 = off); top_p [B] fp32 (1 = off); min_p [B] fp32
+(0 = off); out [B] int64; logprobs_out [B] fp32.
+
+Plain path (no filter tensor given): grid (B, chunks) programs each reduce a slice of the vocabulary to
+its winner (score, token, z) and, for logprobs, its (max, sum exp); a (B,) merge picks the winner of
+winners. Logits are read once. The filter path lives in sampling_filter.py.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from tritium.autotune import next_pow2, tuned
+from tritium.platform import INTERPRET
+
+# BLOCK: tokens per loop step (a [BLOCK // 4, 4] tile: four tokens share one Philox call).
+# (8 tokens per thread keeps ~100 registers; 16 per thread needs ~240.)
+CONFIGS = [
+    triton.Config({"BLOCK": 1024}, num_warps=4),
+    triton.Config({"BLOCK": 2048}, num_warps=8),
+    triton.Config({"BLOCK": 1024}, num_warps=8),
+    triton.Config({"BLOCK": 4096}, num_warps=16),
+]
+CHUNK_QUANTUM = 4096  # chunks are multiples of every BLOCK in CONFIGS
+TARGET_PROGRAMS = 1024  # enough programs to fill an H100/H200 several times over
+NEG = tl.constexpr(-1.0e30)  # stands for -inf where exp() / subtraction must stay finite
+# Philox rounds: Triton's default is 10; 7 is still statistically ample for sampling noise and ~30%
+# cheaper. Changing it changes every seeded draw.
+PHILOX_ROUNDS = tl.constexpr(7)
+
+
+@triton.jit
+def _uniform(r):
+    # uint32 -> fp32 in (0, 1): 23 random bits, centred, so neither 0 nor 1 can occur
+    return (r >> 9).to(tl.float32) * 1.1920928955078125e-07 + 5.9604644775390625e-08
+
+
+if INTERPRET:
+
+    @triton.jit
+    def _noisy(z, u):
+        # z / log 2 + Gumbel noise in log2 units: -log2(-log2 u) = (G - log(log 2)) / log 2, G = -log(-log u)
+        return z * 1.4426950408889634 - tl.log2(-tl.log2(u))
+
+else:
+
+    @triton.jit
+    def _noisy(z, u):
+        # as above with MUFU.LG2 (tl.log2 is libdevice's accurate log2f, ~20 instructions each)
+        return tl.inline_asm_elementwise(
+            "{ .reg .f32 t; lg2.approx.ftz.f32 t, $2; neg.f32 t, t; lg2.approx.ftz.f32 t, t; neg.f32 t, t;"
+            " fma.rn.f32 $0, $1, 0f3FB8AA3B, t; }",
+            "=f,f,f", [z, u], dtype=tl.float32, is_pure=True, pack=1)
+
+
+@triton.jit
+def _philox4(seed, step, group):
+    # four uniforms per counter group; counter = (group, step), key = seed
+    off = (step.to(tl.int64) << 32) | group.to(tl.int64)
+    r0, r1, r2, r3 = tl.randint4x(seed, off, PHILOX_ROUNDS)
+    return _uniform(r0), _uniform(r1), _uniform(r2), _uniform(r3)
+
+
+@triton.jit
+def noisy_tile(z, seed, step, tok0, G: tl.constexpr):
+    """Scores of tokens tok0 + [0, 4G) laid out [G, 4] (tok0 % 4 == 0): z / log 2 + Gumbel noise in log2
+    units (argmax equals that of z + G)."""
+    u0, u1, u2, u3 = _philox4(seed, step, tok0 // 4 + tl.arange(0, G))
+    j = tl.arange(0, 4)[None, :]
+    u = tl.where(j == 0, u0[:, None], tl.where(j == 1, u1[:, None], tl.where(j == 2, u2[:, None], u3[:, None])))
+    return _noisy(z, u)
+
+
+@triton.jit
+def noisy_tokens(z, seed, step, tok):
+    """noisy_tile for arbitrary token ids (bitwise the same scores)."""
+    u0, u1, u2, u3 = _philox4(seed, step, tok // 4)
+    j = tok % 4
+    u = tl.where(j == 0, u0, tl.where(j == 1, u1, tl.where(j == 2, u2, u3)))
+    return _noisy(z, u)
+
+
+@triton.jit
+def _scan_block(row_ptr, off, tile, V, inv_t, sampled, seed, step, best_s, best_o, m, s,
+                MASKED: tl.constexpr, STATS: tl.constexpr, G: tl.constexpr):
+    # one [G, 4] block of tokens off + tile: per-lane running winner (strict > keeps the lowest token),
+    # and the online (max, sum exp) of z when STATS
+    if MASKED:
+        mask = off + tile < V
+        z = tl.where(mask, tl.load(row_ptr + off + tile, mask=mask, other=0.0).to(tl.float32) * inv_t, NEG)
+    else:
+        z = tl.load(row_ptr + off + tile).to(tl.float32) * inv_t
+    if sampled:
+        sc = noisy_tile(z, seed, step, off, G)
+    else:
+        sc = z
+    if MASKED:
+        sc = tl.where(mask, sc, float("-inf"))
+    better = sc > best_s
+    best_s = tl.where(better, sc, best_s)
+    best_o = tl.where(better, off, best_o)
+    if STATS:
+        m_new = tl.maximum(m, tl.max(z))
+        s = s * tl.exp(m - m_new) + tl.sum(tl.exp(z - m_new))
+        m = m_new
+    return best_s, best_o, m, s
+
+
+@triton.jit
+def _sample_partial_kernel(
+    logits_ptr,  # [B, V] fp32/bf16/fp16, last dim contiguous
+    stride_row,  # elements between rows of logits
+    temp_ptr,  # [B] fp32
+    seed_ptr,  # [B] int64
+    step_ptr,  # [B] int64
+    part_f_ptr,  # [B, C, 3] fp32 out: best score, chunk max z, sum exp(z - chunk max)
+    part_i_ptr,  # [B, C] int32 out: best token
+    V,  # vocabulary size
+    chunk,  # tokens per program (multiple of CHUNK_QUANTUM)
+    row_bucket,  # next_pow2(B): autotune key only
+    STATS: tl.constexpr,  # compute (max, sum exp) for logprobs
+    BLOCK: tl.constexpr,
+):
+    row = tl.program_id(0)
+    c = tl.program_id(1)
+    G: tl.constexpr = BLOCK // 4
+    t = tl.load(temp_ptr + row)
+    sampled = t > 0
+    inv_t = 1.0 / tl.where(sampled, t, 1.0)
+    seed = tl.load(seed_ptr + row)
+    step = tl.load(step_ptr + row)
+    tile = tl.arange(0, G)[:, None] * 4 + tl.arange(0, 4)[None, :]
+    row_ptr = logits_ptr + row.to(tl.int64) * stride_row
+    best_s = tl.full([G, 4], float("-inf"), tl.float32)
+    best_o = tl.zeros([G, 4], tl.int32)  # block offset of each lane's winner
+    m = tl.full([], NEG, tl.float32)
+    s = tl.zeros([], tl.float32)
+    start = c * chunk
+    end = tl.minimum(start + chunk, V)
+    full_end = start + (end - start) // BLOCK * BLOCK
+    for off in range(start, full_end, BLOCK):  # full blocks: no masks
+        best_s, best_o, m, s = _scan_block(row_ptr, off, tile, V, inv_t, sampled, seed, step, best_s, best_o,
+                                           m, s, False, STATS, G)
+    for off in range(full_end, end, BLOCK):  # the ragged tail, at most once
+        best_s, best_o, m, s = _scan_block(row_ptr, off, tile, V, inv_t, sampled, seed, step, best_s, best_o,
+                                           m, s, True, STATS, G)
+    win = tl.max(best_s)
+    part = part_f_ptr + (row * tl.num_programs(1) + c) * 3
+    tl.store(part, win)
+    tl.store(part_i_ptr + row * tl.num_programs(1) + c, tl.min(tl.where(best_s == win, best_o + tile, 2147483647)))
+    if STATS:
+        tl.store(part + 1, m)
+        tl.store(part + 2, s)
+
+
+@triton.jit
+def _sample_merge_kernel(
+    part_f_ptr,  # [B, C, 3] fp32 from _sample_partial_kernel
+    part_i_ptr,  # [B, C] int32
+    logits_ptr,  # [B, V] (if STATS: the winner's logit)
+    stride_row,
+    temp_ptr,  # [B] fp32
+    out_ptr,  # [B] int64 out: token
+    lp_ptr,  # [B] fp32 out: logprob (if STATS)
+    C,  # chunks per row
+    STATS: tl.constexpr,
+    CPAD: tl.constexpr,  # next_pow2(C)
+):
+    row = tl.program_id(0)
+    c = tl.arange(0, CPAD)
+    cm = c < C
+    part = part_f_ptr + (row * C + c) * 3
+    sc = tl.load(part, mask=cm, other=float("-inf"))
+    best = tl.max(sc)
+    pick = tl.min(tl.where(cm & (sc == best), c, CPAD))  # lowest chunk among ties = lowest token
+    tok = tl.load(part_i_ptr + row * C + pick)
+    tl.store(out_ptr + row, tok.to(tl.int64))
+    if STATS:
+        t = tl.load(temp_ptr + row)
+        z = tl.load(logits_ptr + row.to(tl.int64) * stride_row + tok).to(tl.float32) * (1.0 / tl.where(t > 0, t, 1.0))
+        m = tl.load(part + 1, mask=cm, other=NEG)
+        s = tl.load(part + 2, mask=cm, other=0.0)
+        big = tl.max(m)
+        tl.store(lp_ptr + row, z - big - tl.log(tl.sum(s * tl.exp(m - big))))
+
+
+_PARTIAL = tuned(_sample_partial_kernel, CONFIGS, key=["chunk", "row_bucket", "V"])
+
+
+def _check_vec(name, t, n, dtype, device):
+    if not isinstance(t, torch.Tensor) or t.dtype != dtype or t.shape != (n,) or t.device != device:
+        got = (tuple(t.shape), t.dtype, str(t.device)) if isinstance(t, torch.Tensor) else type(t).__name__
+        raise ValueError(f"sample: {name} must be a [{n}] {dtype} tensor on {device}, got {got}")
+    if n > 1 and t.stride(0) != 1:
+        raise ValueError(f"sample: {name} must be contiguous")
+
+
+def plan_chunks(B: int, V: int) -> tuple[int, int]:
+    """(chunks per row, tokens per chunk) of the plain path: enough programs to fill the GPU."""
+    n = max(1, min(-(-TARGET_PROGRAMS // next_pow2(B)), -(-V // CHUNK_QUANTUM)))
+    chunk = -(-(-(-V // n)) // CHUNK_QUANTUM) * CHUNK_QUANTUM
+    return -(-V // chunk), chunk
+
+
+def sample(logits, temperature, seeds, offsets, *, top_k=None, top_p=None, min_p=None, out=None,
+           logprobs_out=None, config: triton.Config | None = None):
+    """Draw one token per row (see the module docstring). Returns `out` ([B] int64). CUDA-graph safe.
+    `config` launches the main (partial) kernel with one config from CONFIGS (or sampling_filter's
+    FILTER_CONFIGS when a filter is given) instead of the tuned one."""
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+        raise ValueError("sample: logits must be a 2-D [batch, vocab] tensor")
+    if logits.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise ValueError(f"sample: logits dtype {logits.dtype} not in fp32/bf16/fp16")
+    B, V = logits.shape
+    if V < 1 or V >= 2**31 - 8 or (V > 1 and logits.stride(1) != 1):
+        raise ValueError("sample: logits need 1 <= vocab < 2**31 and a contiguous last dim")
+    dev = logits.device
+    _check_vec("temperature", temperature, B, torch.float32, dev)
+    _check_vec("seeds", seeds, B, torch.int64, dev)
+    _check_vec("offsets", offsets, B, torch.int64, dev)
+    for name, t, dt in (("top_k", top_k, torch.int32), ("top_p", top_p, torch.float32), ("min_p", min_p, torch.float32)):
+        if t is not None:
+            _check_vec(name, t, B, dt, dev)
+    if out is None:
+        out = torch.empty(B, dtype=torch.int64, device=dev)
+    _check_vec("out", out, B, torch.int64, dev)
+    if logprobs_out is not None:
+        _check_vec("logprobs_out", logprobs_out, B, torch.float32, dev)
+    if B == 0:
+        return out
+    if top_k is not None or top_p is not None or min_p is not None:
+        from tritium.kernels import sampling_filter
+
+        sampling_filter.sample_filtered(logits, temperature, seeds, offsets, top_k, top_p, min_p, out,
+                                        logprobs_out, config)
+        return out
+    stats = logprobs_out is not None
+    n, chunk = plan_chunks(B, V)
+    part_f = torch.empty((B, n, 3), dtype=torch.float32, device=dev)
+    part_i = torch.empty((B, n), dtype=torch.int32, device=dev)
+    _PARTIAL((B, n), logits, logits.stride(0), temperature, seeds, offsets, part_f, part_i, V, chunk,
+             next_pow2(B), STATS=stats, config=config)
+    _sample_merge_kernel[(B,)](part_f, part_i, logits, logits.stride(0), temperature, out,
+                               logprobs_out if stats else part_f, n, STATS=stats, CPAD=next_pow2(n))
+    return out
+
+
+def keep_mask_ref(z, top_k=None, top_p=None, min_p=None):
+    """[B, V] bool: the kept set of scaled logits z (fp32). Joint filters on the unfiltered distribution:
+    top-k keeps z >= the k-th largest value; top-p keeps the smallest top set whose mass >= p (ties with
+    its last value included); min-p keeps p_i >= min_p * max p; a token is kept if every active filter
+    keeps it."""
+    B, V = z.shape
+    probs = torch.softmax(z, dim=-1)
+    zs, order = z.sort(dim=-1, descending=True, stable=True)
+    hit = torch.zeros_like(z, dtype=torch.bool)
+    if top_k is not None:
+        k = top_k.long().clamp(max=V)[:, None]
+        hit |= (k > 0) & (torch.arange(1, V + 1, device=z.device)[None, :] >= k)
+    if top_p is not None:
+        hit |= (top_p[:, None] < 1) & (probs.gather(-1, order).cumsum(-1) >= top_p[:, None])
+    first = hit.float().argmax(-1, keepdim=True)
+    vstar = torch.where(hit.any(-1, keepdim=True), zs.gather(-1, first), float("-inf"))
+    keep = z >= vstar
+    if min_p is not None:
+        keep &= (min_p[:, None] <= 0) | (probs >= min_p[:, None] * probs.amax(-1, keepdim=True))
+    return keep
+
+
+def sample_probs_ref(logits, temperature, *, top_k=None, top_p=None, min_p=None):
+    """[B, V] fp32: the distribution each row is drawn from (greedy rows: one-hot at the argmax), and
+    [B, V] fp32 log-probabilities used for logprobs (softmax over the kept set; greedy rows at T = 1)."""
+    x = logits.float()
+    greedy = temperature <= 0
+    z = x / torch.where(greedy, 1.0, temperature)[:, None]
+    keep = keep_mask_ref(z, top_k, top_p, min_p)
+    logp = torch.log_softmax(z.masked_fill(~keep, float("-inf")), dim=-1)
+    onehot = torch.nn.functional.one_hot(x.argmax(-1), x.shape[1]).float()
+    return torch.where(greedy[:, None], onehot, logp.exp()), logp
+
+
+def sample_ref(logits, temperature, seeds, offsets, *, top_k=None, top_p=None, min_p=None, out=None,
+               logprobs_out=None):
+    """Plain PyTorch (fp32): softmax, filter, torch.multinomial seeded by (seed, offset). Its draws differ
+    from the kernel's; it defines the distribution. Returns [B] int64 token ids."""
+    probs, logp = sample_probs_ref(logits, temperature, top_k=top_k, top_p=top_p, min_p=min_p)
+    toks = torch.empty(logits.shape[0], dtype=torch.int64)
+    for b in range(logits.shape[0]):
+        gen = torch.Generator().manual_seed((int(seeds[b]) * 1_000_003 + int(offsets[b])) % 2**63)
+        toks[b] = torch.multinomial(probs[b].cpu(), 1, generator=gen)[0]
+    toks = toks.to(logits.device)
+    if out is not None:
+        out.copy_(toks)
+    if logprobs_out is not None:
+        logprobs_out.copy_(logp.gather(-1, toks[:, None])[:, 0])
+    return toks
