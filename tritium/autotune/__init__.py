@@ -3,8 +3,9 @@
 - On the GPU the kernel is tuned over all of CONFIGS on first use of each key (bucketed sizes), as
   triton.autotune does. Tuning synchronizes, so it must happen before CUDA-graph capture: run each shape
   bucket once eagerly first.
-- Under Triton's interpreter, autotuning with several configs crashes, so a single config runs (the
-  default, CONFIGS[0]).
+- Under Triton's interpreter, autotuning with several configs crashes, so a single config runs:
+  `interpret_config` when the kernel names one (the interpreter's cost is per program and per op, so it wants
+  few, wide programs, unlike the GPU), else CONFIGS[0].
 - Any launch can name an explicit config (`config=`), bypassing the tuner: tests use it to check every
   config in CONFIGS, not only the winner.
 """
@@ -48,13 +49,14 @@ def tuned(
     key: Sequence[str],
     restore_value: Sequence[str] = (),
     reset_to_zero: Sequence[str] = (),
+    interpret_config: triton.Config | None = None,
 ) -> TunedKernel:
     """Wrap a jitted kernel with its autotune space. `restore_value` names in-place arguments that tuning
     must restore between trials; `reset_to_zero` names accumulators that must start at zero."""
     configs = list(configs)
     if len(configs) < 1:
         raise ValueError("a kernel needs at least one config")
-    space = configs[:1] if INTERPRET else configs
+    space = [interpret_config or configs[0]] if INTERPRET else configs
     tuner = triton.autotune(
         configs=space,
         key=list(key),
