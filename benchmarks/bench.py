@@ -1,34 +1,68 @@
-"""End-to-end benchmark (placeholder until the engine lands): writes the synthetic checkpoint for this machine
-(qwen3-0.6b on a GPU, tiny on the CPU) and times a transformers forward on it."""
+"""End-to-end throughput on the reference workload (Nano-vLLM's bench.py).
+
+GPU: synthetic Qwen3-0.6B, 256 requests, seed 0, prompts of randint(100, 1024) random ids in [0, 10000],
+max_tokens randint(100, 1024), temperature 0.6, ignore_eos, max_model_len 4096 (133,966 output tokens).
+CPU: the `tiny` preset and a reduced workload through the interpreter (a smoke run, not a measurement).
+Prints output tokens, seconds and tok/s, and writes JSON under benchmarks/results/<gpu>/.
+"""
+import argparse
+import json
 import sys
 import time
 from pathlib import Path
+from random import randint, seed
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
-
-from tritium.platform import HAS_CUDA  # noqa: E402
+from tritium import LLM, SamplingParams  # noqa: E402
 from tritium.model.synthetic import ensure_checkpoint  # noqa: E402
+from tritium.platform import HAS_CUDA, gpu_name  # noqa: E402
+
+
+def workload(num_seqs: int, max_input: int, max_output: int, min_len: int):
+    seed(0)
+    prompts = [[randint(0, 10000) for _ in range(randint(min_len, max_input))] for _ in range(num_seqs)]
+    params = [SamplingParams(temperature=0.6, ignore_eos=True, max_tokens=randint(min_len, max_output))
+              for _ in range(num_seqs)]
+    return prompts, params
 
 
 def main():
-    preset = "qwen3-0.6b" if HAS_CUDA else "tiny"
-    t0 = time.perf_counter()
-    path = ensure_checkpoint(preset)
-    print(f"checkpoint {preset}: {path} ({time.perf_counter() - t0:.1f} s)")
-    from transformers import AutoModelForCausalLM
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", help="checkpoint directory (default: a synthetic preset)")
+    ap.add_argument("--preset", default="qwen3-0.6b" if HAS_CUDA else "tiny")
+    ap.add_argument("--num-seqs", type=int, default=256 if HAS_CUDA else 4)
+    ap.add_argument("--enforce-eager", action="store_true")
+    args = ap.parse_args()
+    model = args.model or str(ensure_checkpoint(args.preset))
+    if HAS_CUDA:
+        prompts, params = workload(args.num_seqs, 1024, 1024, 100)
+    else:
+        prompts, params = workload(args.num_seqs, 48, 16, 8)
+    llm = LLM(model, max_model_len=4096, enforce_eager=args.enforce_eager,
+              kvcache_block_size=256 if HAS_CUDA else 16)
+    llm.generate(["Benchmark: "], SamplingParams(max_tokens=8), use_tqdm=False)  # warm-up
+    start = time.perf_counter()
+    outs = llm.generate(prompts, params, use_tqdm=False)
+    elapsed = time.perf_counter() - start
+    out_tokens = sum(len(o["token_ids"]) for o in outs)
+    assert out_tokens == sum(p.max_tokens for p in params), "every request must run to max_tokens"
+    prompt_tokens = sum(map(len, prompts))
+    print(f"model {args.model or args.preset} on {gpu_name()}: {len(prompts)} requests, prompt tokens "
+          f"{prompt_tokens}, output tokens {out_tokens}, {elapsed:.2f} s, {out_tokens / elapsed:.0f} tok/s")
+    result = {"date": time.strftime("%Y-%m-%d"), "model": args.model or args.preset, "requests": len(prompts),
+              "prompt_tokens": prompt_tokens, "output_tokens": out_tokens, "seconds": elapsed,
+              "output_tok_per_s": out_tokens / elapsed, "enforce_eager": args.enforce_eager,
+              "preemptions": llm.scheduler.num_preemptions}
+    if HAS_CUDA:
+        import torch
 
-    device = "cuda" if HAS_CUDA else "cpu"
-    model = AutoModelForCausalLM.from_pretrained(path, dtype="auto").to(device)
-    ids = torch.randint(0, model.config.vocab_size, (4, 256), device=device)
-    with torch.no_grad():
-        model(ids)
-        t0 = time.perf_counter()
-        logits = model(ids).logits
-        if HAS_CUDA:
-            torch.cuda.synchronize()
-    print(f"transformers forward 4 x 256 tokens: {time.perf_counter() - t0:.3f} s, logits {tuple(logits.shape)}")
+        result["gpu"] = torch.cuda.get_device_name()
+        path = ROOT / "benchmarks" / "results" / gpu_name() / "bench.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=1))
+    llm.exit()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,133 @@
+"""End to end on the CPU: tritium's greedy tokens equal a transformers greedy loop on the same checkpoint,
+however the engine batches, caches, chunks or preempts."""
+import pytest
+import torch
+
+from tritium import LLM, SamplingParams
+
+NEW = 32
+LENS = [1, 7, 16, 21, 33, 45]
+
+
+def _greedy_ref(model, prompt, n):
+    ids = torch.tensor([prompt])
+    with torch.no_grad():
+        for _ in range(n):
+            nxt = model(ids).logits[0, -1].argmax()
+            ids = torch.cat([ids, nxt.view(1, 1)], dim=1)
+    return ids[0, len(prompt):].tolist()
+
+
+@pytest.fixture(scope="module")
+def prompts():
+    g = torch.Generator().manual_seed(1)
+    shared = torch.randint(0, 1000, (36,), generator=g).tolist()
+    plain = [torch.randint(0, 1000, (n,), generator=g).tolist() for n in LENS]
+    prefixed = [shared + torch.randint(0, 1000, (k,), generator=g).tolist() for k in (3, 9, 14)]
+    return plain + prefixed
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_checkpoint, prompts):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_checkpoint, dtype=torch.float32).eval()
+    return [_greedy_ref(model, p, NEW) for p in prompts]
+
+
+GREEDY = SamplingParams(temperature=0.0, max_tokens=NEW, ignore_eos=True)
+
+
+@pytest.mark.parametrize("options", [
+    dict(),
+    dict(enable_prefix_caching=False),
+    dict(max_num_batched_tokens=24),  # prompts are chunked over several prefill steps
+    dict(num_kvcache_blocks=10),  # 10 x 16 tokens for 9 requests: preemption must happen
+], ids=["batched", "no-prefix-cache", "chunked-prefill", "tiny-cache-preempts"])
+def test_greedy_matches_transformers(tiny_checkpoint, prompts, reference, options):
+    with LLM(tiny_checkpoint, kvcache_block_size=16, **options) as llm:
+        outs = llm.generate(prompts, GREEDY, use_tqdm=False)
+        assert [o["token_ids"] for o in outs] == reference
+        if "num_kvcache_blocks" in options:
+            assert llm.scheduler.num_preemptions > 0
+
+
+def test_one_at_a_time_and_cache_hits_on_repeat(tiny_checkpoint, prompts, reference):
+    with LLM(tiny_checkpoint, kvcache_block_size=16) as llm:
+        for p, want in zip(prompts[-3:], reference[-3:]):
+            assert llm.generate([p], GREEDY, use_tqdm=False)[0]["token_ids"] == want
+        # The later prompts found the shared 32-token prefix (two full blocks) in the cache.
+        assert llm.scheduler.block_manager.num_cache_hit_tokens >= 2 * 32
+        # Same prompt again: served from the prefix cache, same tokens.
+        hits = llm.scheduler.block_manager.num_cache_hit_tokens
+        assert llm.generate([prompts[-1]], GREEDY, use_tqdm=False)[0]["token_ids"] == reference[-1]
+        assert llm.scheduler.block_manager.num_cache_hit_tokens - hits >= 32
+
+
+def test_stop_tokens_and_max_tokens_end_exactly(tiny_checkpoint, prompts, reference):
+    with LLM(tiny_checkpoint, kvcache_block_size=16) as llm:
+        ref = reference[3]
+        stop = ref[10]
+        first = ref.index(stop)
+        out = llm.generate([prompts[3]], SamplingParams(temperature=0, max_tokens=NEW, stop_token_ids=[stop]),
+                           use_tqdm=False)[0]
+        assert out["token_ids"] == ref[: first + 1] and out["finish_reason"] == "stop"
+        out = llm.generate([prompts[3]], SamplingParams(temperature=0, max_tokens=5, ignore_eos=True),
+                           use_tqdm=False)[0]
+        assert out["token_ids"] == ref[:5] and out["finish_reason"] == "length"
+
+
+def test_seeded_sampling_is_reproducible_across_batch_layouts(tiny_checkpoint, prompts):
+    params = SamplingParams(temperature=1.0, top_p=0.9, max_tokens=12, ignore_eos=True, seed=1234)
+    with LLM(tiny_checkpoint, kvcache_block_size=16) as llm:
+        alone = llm.generate([prompts[2]], params, use_tqdm=False)[0]["token_ids"]
+        others = SamplingParams(temperature=0.8, max_tokens=12, ignore_eos=True)
+        batch = llm.generate([prompts[4], prompts[2], prompts[0]], [others, params, others], use_tqdm=False)
+        assert batch[1]["token_ids"] == alone
+        other_seed = llm.generate([prompts[2]], SamplingParams(temperature=1.0, top_p=0.9, max_tokens=12,
+                                                               ignore_eos=True, seed=99), use_tqdm=False)
+        assert other_seed[0]["token_ids"] != alone
+
+
+def test_bad_input_is_rejected_before_queueing(tiny_checkpoint, prompts, reference):
+    with LLM(tiny_checkpoint, kvcache_block_size=16, max_model_len=128) as llm:
+        good = prompts[1]
+        with pytest.raises(ValueError, match="empty prompt"):
+            llm.generate([good, []], GREEDY, use_tqdm=False)
+        with pytest.raises(ValueError, match="outside the vocabulary"):
+            llm.generate([[5, 10**6]], GREEDY, use_tqdm=False)
+        with pytest.raises(ValueError, match="exceeds max_model_len"):
+            llm.generate([good, list(range(120))], GREEDY, use_tqdm=False)
+        with pytest.raises(ValueError, match="sampling params"):
+            llm.generate([good, good], [GREEDY], use_tqdm=False)
+        with pytest.raises(ValueError, match="temperature"):
+            SamplingParams(temperature=-1)
+        assert llm.is_finished()  # nothing from the rejected calls was queued
+        assert llm.generate([good], GREEDY, use_tqdm=False)[0]["token_ids"] == reference[1]
+
+
+def test_bad_engine_options(tiny_checkpoint, tmp_path):
+    with pytest.raises(ValueError, match="unknown engine option.*max_num_seq.*valid options"):
+        LLM(tiny_checkpoint, max_num_seq=4)
+    with pytest.raises(ValueError, match="does not exist"):
+        LLM(tmp_path / "missing")
+
+
+def test_incremental_api_stream_and_chat(tiny_checkpoint, prompts, reference):
+    with LLM(tiny_checkpoint, kvcache_block_size=16) as llm:
+        sid = llm.add_request(prompts[2], GREEDY)
+        got = []
+        while not llm.is_finished():
+            got += [o.token_id for o in llm.step() if o.seq_id == sid]
+        assert got == reference[2]
+        events = list(llm.stream([prompts[1], prompts[3]], SamplingParams(temperature=0, max_tokens=6,
+                                                                           ignore_eos=True)))
+        for i, want in ((0, reference[1][:6]), (1, reference[3][:6])):
+            mine = [e for e in events if e["index"] == i]
+            assert [e["token_id"] for e in mine] == want and [e["finished"] for e in mine] == [False] * 5 + [True]
+        chat = llm.chat([{"role": "user", "content": "Hello!"}], SamplingParams(temperature=0, max_tokens=4),
+                        use_tqdm=False)
+        templ = llm.tokenizer.apply_chat_template([{"role": "user", "content": "Hello!"}], tokenize=False,
+                                                  add_generation_prompt=True)
+        direct = llm.generate([templ], SamplingParams(temperature=0, max_tokens=4), use_tqdm=False)
+        assert chat[0]["token_ids"] == direct[0]["token_ids"] and len(chat[0]["token_ids"]) >= 1

@@ -1,0 +1,186 @@
+"""The user-facing engine: `LLM(model_dir, **config).generate(prompts, sampling_params)`.
+
+Requests are validated completely before any is queued (a bad one raises ValueError and leaves the engine
+serving the others). `add_request`/`step`/`is_finished` drive the engine one step at a time; `stream` yields
+tokens as they come; `chat` applies the checkpoint's chat template first.
+"""
+from __future__ import annotations
+
+import dataclasses
+import numbers
+import time
+from dataclasses import dataclass
+from typing import Iterator, Sequence as Seq
+
+from tritium import platform
+from tritium.engine.config import EngineConfig
+from tritium.engine.sampling_params import SamplingParams
+from tritium.engine.scheduler import Scheduler
+from tritium.engine.sequence import Sequence
+
+
+@dataclass
+class StepOutput:
+    seq_id: int
+    token_id: int  # the token sampled for this request in this step
+    finished: bool
+
+
+class LLM:
+    def __init__(self, model: str, **kwargs):
+        from transformers import AutoTokenizer
+
+        from tritium.engine.model_runner import ModelRunner
+        from tritium.model.loader import load_hf_config
+
+        config = EngineConfig.from_kwargs(str(model), **kwargs)
+        if config.tensor_parallel_size != 1:
+            raise ValueError("tensor_parallel_size > 1 is not supported yet; use tensor_parallel_size=1")
+        self.hf_config = load_hf_config(config.model)
+        max_len = min(config.max_model_len, self.hf_config.max_position_embeddings)
+        self.config = dataclasses.replace(config, max_model_len=max_len)
+        self.tokenizer = AutoTokenizer.from_pretrained(config.model)
+        platform.announce_cpu_mode()
+        self.runner = ModelRunner(self.config, self.hf_config, platform.DEVICE)
+        self.scheduler = Scheduler(self.config, self.runner.num_blocks, self.hf_config.eos_token_id)
+        self._seqs: dict[int, Sequence] = {}
+        self.stats = {"prefill_tokens": 0, "prefill_s": 0.0, "decode_tokens": 0, "decode_s": 0.0}
+
+    # ---- requests ------------------------------------------------------------------------------------
+    def _to_ids(self, prompt) -> list[int]:
+        if isinstance(prompt, str):
+            ids = self.tokenizer.encode(prompt, add_special_tokens=False)
+        elif isinstance(prompt, Seq) and all(isinstance(t, numbers.Integral) for t in prompt):
+            ids = [int(t) for t in prompt]
+            vocab = self.hf_config.vocab_size
+            bad = [t for t in ids if not 0 <= t < vocab]
+            if bad:
+                raise ValueError(f"token ids {bad[:5]} are outside the vocabulary [0, {vocab})")
+        else:
+            raise ValueError(f"a prompt must be a str or a list of int token ids, got {type(prompt).__name__}")
+        if not ids:
+            raise ValueError("empty prompt: a request needs at least one token")
+        return ids
+
+    def _make_seqs(self, prompts, sampling_params) -> list[Sequence]:
+        if isinstance(prompts, str) or (prompts and isinstance(prompts[0], numbers.Integral)):
+            prompts = [prompts]
+        if sampling_params is None:
+            sampling_params = SamplingParams()
+        params = sampling_params if isinstance(sampling_params, (list, tuple)) else [sampling_params] * len(prompts)
+        if len(params) != len(prompts):
+            raise ValueError(f"got {len(params)} sampling params for {len(prompts)} prompts")
+        for p in params:
+            if not isinstance(p, SamplingParams):
+                raise ValueError(f"sampling_params must be SamplingParams, got {type(p).__name__}")
+        return [Sequence(self._to_ids(pr), p, block_size=self.config.kvcache_block_size)
+                for pr, p in zip(prompts, params)]
+
+    def _queue(self, seqs: list[Sequence]) -> list[int]:
+        added = []
+        try:
+            for seq in seqs:
+                self.scheduler.add(seq)
+                added.append(seq)
+        except ValueError:
+            for seq in added:  # all or nothing: the engine keeps serving what was queued before
+                self.scheduler.abort(seq.seq_id)
+            raise
+        for seq in seqs:
+            self._seqs[seq.seq_id] = seq
+        return [s.seq_id for s in seqs]
+
+    def add_request(self, prompt, sampling_params: SamplingParams | None = None) -> int:
+        """Queue one request (text or token ids); returns its id."""
+        return self._queue(self._make_seqs([prompt], sampling_params))[0]
+
+    def abort(self, seq_id: int) -> None:
+        self.scheduler.abort(seq_id)
+
+    def is_finished(self) -> bool:
+        return self.scheduler.is_finished()
+
+    # ---- stepping ------------------------------------------------------------------------------------
+    def step(self) -> list[StepOutput]:
+        """Run one scheduled step; returns the token each sampling request got."""
+        batch = self.scheduler.schedule()
+        if batch is None:
+            return []
+        t0 = time.perf_counter()
+        sampling = [s for s, smp in zip(batch.seqs, batch.samples) if smp]  # before postprocess moves them on
+        tokens = self.runner.run(batch)
+        kind = "prefill" if batch.is_prefill else "decode"
+        self.stats[f"{kind}_tokens"] += batch.num_tokens
+        self.stats[f"{kind}_s"] += time.perf_counter() - t0
+        self.scheduler.postprocess(batch, tokens)
+        return [StepOutput(s.seq_id, t, s.is_finished) for s, t in zip(sampling, tokens)]
+
+    def result(self, seq_id: int) -> dict:
+        seq = self._seqs[seq_id]
+        ids = seq.completion_token_ids
+        return {"text": self.tokenizer.decode(ids, skip_special_tokens=True), "token_ids": ids,
+                "finish_reason": seq.finish_reason}
+
+    def stream(self, prompts, sampling_params=None) -> Iterator[dict]:
+        """Yield {"index", "token_id", "text", "finished"} per new token, as steps produce them; "text" is
+        the newly decoded text of that request (empty while a multi-byte character is incomplete)."""
+        ids = self._queue(self._make_seqs(prompts, sampling_params))
+        index = {sid: i for i, sid in enumerate(ids)}
+        shown = {sid: "" for sid in ids}
+        pending = set(ids)
+        while pending:
+            for out in self.step():
+                if out.seq_id not in index:
+                    continue
+                text = self.tokenizer.decode(self._seqs[out.seq_id].completion_token_ids, skip_special_tokens=True)
+                delta = text[len(shown[out.seq_id]):] if not text.endswith("\ufffd") else ""
+                shown[out.seq_id] += delta
+                if out.finished:
+                    pending.discard(out.seq_id)
+                yield {"index": index[out.seq_id], "token_id": out.token_id, "text": delta,
+                       "finished": out.finished}
+
+    def generate(self, prompts, sampling_params=None, use_tqdm: bool = True) -> list[dict]:
+        """Run prompts (strings or token-id lists) to completion; results in submission order."""
+        ids = self._queue(self._make_seqs(prompts, sampling_params))
+        pending = set(ids)
+        bar = None
+        if use_tqdm:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(ids), desc="Generating", dynamic_ncols=True)
+        while pending:
+            done = [o.seq_id for o in self.step() if o.finished and o.seq_id in pending]
+            pending.difference_update(done)
+            if bar is not None:
+                st = self.stats
+                bar.set_postfix(prefill=f"{st['prefill_tokens'] / max(st['prefill_s'], 1e-9):.0f}tok/s",
+                                decode=f"{st['decode_tokens'] / max(st['decode_s'], 1e-9):.0f}tok/s")
+                bar.update(len(done))
+        if bar is not None:
+            bar.close()
+        results = [self.result(sid) for sid in ids]
+        for sid in ids:
+            del self._seqs[sid]
+        return results
+
+    def chat(self, conversations, sampling_params=None, use_tqdm: bool = True) -> list[dict]:
+        """conversations: one list of {"role", "content"} messages, or a list of them."""
+        if conversations and isinstance(conversations[0], dict):
+            conversations = [conversations]
+        prompts = [self.tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
+                   for c in conversations]
+        return self.generate(prompts, sampling_params, use_tqdm)
+
+    # ---- lifetime ------------------------------------------------------------------------------------
+    def exit(self) -> None:
+        runner = getattr(self, "runner", None)
+        if runner is not None:
+            runner.close()
+            self.runner = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.exit()
