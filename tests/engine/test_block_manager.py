@@ -169,6 +169,19 @@ def test_prefix_guard_when_hash_ignores_the_chain(monkeypatch):
     bm.check_invariants()
 
 
+def test_registration_chains_children_only_onto_equal_prefixes(monkeypatch):
+    monkeypatch.setattr(bm_mod, "hash_block", lambda tokens, prev: hash(tuple(tokens)))
+    bm = BlockManager(16, BS)
+    x, t, u, w = [1] * 4, [2] * 4, [0, 1, 2, 0], [3] * 4
+    admit(bm, x + t + [0])  # registers X, then T behind X
+    admit(bm, w + [0])  # registers W
+    admit(bm, w + t + u + [0])  # T behind W: its slot holds T-behind-X, so U must not chain onto that
+    r = Sequence(x + t + u + [0], block_size=BS)
+    bm.allocate(r)
+    assert r.num_computed_tokens == 8  # X and T hit; U was computed behind W + T: no hit
+    bm.check_invariants()
+
+
 def test_hash_is_chained():
     h0 = bm_mod.hash_block([1, 2, 3, 4], 0)
     assert h0 != bm_mod.hash_block([1, 2, 3, 4], 1)
@@ -187,17 +200,20 @@ class BlockManagerMachine(RuleBasedStateMachine):
         self.kv = {}  # slot -> identity of the K/V written there (the token prefix)
         self.live: list[Sequence] = []  # hold blocks
         self.waiting: list[Sequence] = []  # hold none (new or preempted)
-        self.history = [[0, 1, 2, 0, 1, 2, 0, 1]]  # token lists to fork shared prefixes from
+        self.history = [[0, 1, 2, 0, 1, 2, 0, 1, 2, 2, 1, 0]]  # token lists to fork shared prefixes from
 
     @precondition(lambda self: len(self.waiting) < 5)
-    @rule(data=st.data(), fork=st.booleans(),
-          suffix=st.lists(st.integers(0, 2), min_size=0, max_size=9))
-    def new_sequence(self, data, fork, suffix):
-        prefix = []
-        if fork:
+    @rule(data=st.data(), suffix=st.lists(st.integers(0, 2), min_size=0, max_size=9))
+    def new_sequence(self, data, suffix):
+        # splice block-aligned pieces of earlier token lists: shared prefixes (forks), and equal blocks
+        # behind different prefixes (what a chain-ignoring or colliding hash must not confuse)
+        tokens = []
+        for _ in range(data.draw(st.integers(0, 3))):
             src = data.draw(st.sampled_from(self.history))
-            prefix = src[: data.draw(st.integers(0, len(src)))]
-        tokens = prefix + suffix or [0]
+            a = data.draw(st.integers(0, len(src) // BS))
+            b = data.draw(st.integers(a, len(src) // BS))
+            tokens += src[a * BS: b * BS]
+        tokens = tokens + suffix or [0]
         self.waiting.append(Sequence(tokens, block_size=BS))
         self.history.append(tokens)
 
@@ -265,6 +281,7 @@ class BlockManagerMachine(RuleBasedStateMachine):
         seq = data.draw(st.sampled_from(self.live))
         self.bm.deallocate(seq)
         self.live.remove(seq)
+        self.history.append(list(seq.token_ids))
 
     @invariant()
     def consistent(self):
@@ -296,9 +313,15 @@ class BlockManagerMachine(RuleBasedStateMachine):
 
 
 class CollidingBlockManagerMachine(BlockManagerMachine):
-    """A deliberately poor hash: few values, and the chain ignored half the time."""
+    """A deliberately poor hash: only the first two tokens, chain ignored (9 values)."""
 
-    HASH = staticmethod(lambda tokens, prev: (sum(tokens) + (prev if sum(tokens) % 2 else 0)) % 3)
+    HASH = staticmethod(lambda tokens, prev: tokens[0] + 3 * tokens[1])
+
+
+class ChainlessHashMachine(BlockManagerMachine):
+    """A hash of the block's own tokens only: equal blocks behind different prefixes always collide."""
+
+    HASH = staticmethod(lambda tokens, prev: hash(tuple(tokens)))
 
 
 _STATEFUL = settings(settings.default, max_examples=max(40, 8 * settings.default.max_examples),
@@ -307,3 +330,5 @@ TestBlockManagerStateful = BlockManagerMachine.TestCase
 TestBlockManagerStateful.settings = _STATEFUL
 TestCollidingHashStateful = CollidingBlockManagerMachine.TestCase
 TestCollidingHashStateful.settings = _STATEFUL
+TestChainlessHashStateful = ChainlessHashMachine.TestCase
+TestChainlessHashStateful.settings = _STATEFUL
