@@ -5,7 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tritium.autotune import config_id
-from tritium.kernels.activation import CONFIGS, silu_and_mul, silu_and_mul_ref
+from tritium.kernels.activation import CONFIGS, INTERPRET_CONFIG, silu_and_mul, silu_and_mul_ref
 from tritium.testing import assert_close, randn
 
 CPU_DTYPES = [torch.float32, torch.float16]
@@ -35,13 +35,23 @@ def test_matches_transformers_activation():
     assert_close(silu_and_mul(x), ACT2FN["silu"](gate) * up)
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=config_id)
+@pytest.mark.parametrize("config", CONFIGS + [INTERPRET_CONFIG], ids=config_id)
 @pytest.mark.parametrize("dtype", CPU_DTYPES)
 def test_every_config(config, dtype):
     # 5 rows x 1000 columns: partial tiles along both axes for every config
     x = randn(5, 2000, dtype=dtype, scale=3.0)
     out = torch.empty(5, 1100, dtype=dtype)[:, :1000]
     assert silu_and_mul(x, out=out, config=config) is out
+    assert_close(out, silu_and_mul_ref(x).float(), dtype)
+
+
+@pytest.mark.parametrize("dtype", CPU_DTYPES)
+def test_interpreter_config_over_several_tiles(dtype):
+    # The interpreter's 64 x 1024 tiles: 3 row tiles (the last partial) x 2 column tiles, strided in and out.
+    t, f = 2 * INTERPRET_CONFIG.kwargs["BLOCK_T"] + 5, 1100
+    x = randn(t, 2 * f + 8, dtype=dtype, scale=3.0)[:, 4 : 4 + 2 * f]
+    out = torch.empty(t, f + 20, dtype=dtype)[:, 10 : 10 + f]
+    assert silu_and_mul(x, out=out, config=INTERPRET_CONFIG) is out
     assert_close(out, silu_and_mul_ref(x).float(), dtype)
 
 

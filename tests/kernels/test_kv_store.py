@@ -5,7 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tritium.autotune import config_id
-from tritium.kernels.kv_store import CONFIGS, store_kv, store_kv_ref
+from tritium.kernels.kv_store import CONFIGS, INTERPRET_CONFIG, store_kv, store_kv_ref
 from tritium.testing import randn
 
 CPU_DTYPES = [torch.float32, torch.float16]
@@ -84,12 +84,22 @@ def test_non_power_of_two_block_size():
     _check(k, v, randn(3, 12, 1, 64), randn(3, 12, 1, 64), torch.tensor([0, 11, 12, 35, -1, 23]))
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=config_id)
+@pytest.mark.parametrize("config", CONFIGS + [INTERPRET_CONFIG], ids=config_id)
 def test_every_config(config):
     g = torch.Generator().manual_seed(3)
     k, v = _kv(11, 2, 192, torch.float16, g, packed=True)  # 384 columns; 11 tokens: partial tiles
     k_cache, v_cache = randn(2, 16, 2, 192, dtype=torch.float16), randn(2, 16, 2, 192, dtype=torch.float16)
     _check(k, v, k_cache, v_cache, _slots(11, 32, 0.3, g, torch.int32), config=config)
+
+
+@pytest.mark.parametrize("dtype", CPU_DTYPES)
+def test_interpreter_config_over_several_tiles(dtype):
+    # The interpreter's 64 x 512 tiles: 3 token tiles (the last partial) x 2 column tiles (576 = 3 x 192).
+    g = torch.Generator().manual_seed(4)
+    t = 2 * INTERPRET_CONFIG.kwargs["BLOCK_T"] + 5
+    k, v = _kv(t, 3, 192, dtype, g, packed=True)
+    k_cache, v_cache = randn(12, 16, 3, 192, dtype=dtype, generator=g), randn(12, 16, 3, 192, dtype=dtype, generator=g)
+    _check(k, v, k_cache, v_cache, _slots(t, 12 * 16, 0.3, g, torch.int64), config=INTERPRET_CONFIG)
 
 
 def test_empty_input():

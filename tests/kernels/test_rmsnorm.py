@@ -8,6 +8,8 @@ from tritium.autotune import config_id
 from tritium.kernels.rmsnorm import (
     CONFIGS,
     HEAD_CONFIGS,
+    HEAD_INTERPRET_CONFIG,
+    INTERPRET_CONFIG,
     add_rms_norm,
     add_rms_norm_ref,
     head_rms_norm,
@@ -114,7 +116,7 @@ def test_matches_transformers_module_fp32():
     assert_close(rms_norm(x, w, 1e-6), _hf_norm(w, 1e-6)(x))
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=config_id)
+@pytest.mark.parametrize("config", CONFIGS + [INTERPRET_CONFIG], ids=config_id)
 @pytest.mark.parametrize("dtype", CPU_DTYPES)
 def test_every_row_config(config, dtype):
     # 5 rows: a partial last tile for ROWS = 2 and 4; H = 1000 masks the tail of BLOCK_N = 1024.
@@ -126,11 +128,28 @@ def test_every_row_config(config, dtype):
     assert_close(y, y_ref.float(), dtype)
 
 
-@pytest.mark.parametrize("config", HEAD_CONFIGS, ids=config_id)
+@pytest.mark.parametrize("config", HEAD_CONFIGS + [HEAD_INTERPRET_CONFIG], ids=config_id)
 def test_every_head_config(config):
     x = randn(3, 13, 64)[:, 1:12]  # 33 rows, strided: partial tiles for every ROWS
     w = randn(64)
     assert_close(head_rms_norm(x, w, 1e-6, config=config), head_rms_norm_ref(x, w, 1e-6))
+
+
+@pytest.mark.parametrize("dtype", CPU_DTYPES)
+def test_interpreter_configs_over_several_tiles(dtype):
+    # The interpreter's wide tiles (64 rows, 256 head vectors) over 2-3 programs with a partial last one.
+    t = 2 * INTERPRET_CONFIG.kwargs["ROWS"] + 5
+    x, r = _rows(t, 1000, dtype, _gen(5), 2.0, pad=6), _rows(t, 1000, dtype, _gen(6), 1.0, pad=6)
+    w = randn(1000, dtype=dtype, generator=_gen(7))
+    assert_close(rms_norm(x, w, 1e-6, config=INTERPRET_CONFIG), rms_norm_ref(x, w, 1e-6).float(), dtype)
+    y_ref, r_ref = add_rms_norm_ref(x, r, w, 1e-6)
+    y, r_new = add_rms_norm(x, r, w, 1e-6, residual_out=r, config=INTERPRET_CONFIG)
+    assert torch.equal(r_new, r_ref)
+    assert_close(y, y_ref.float(), dtype)
+    heads = randn(t, 7, 64, dtype=dtype, generator=_gen(8))[:, 1:6]  # 665 strided head vectors
+    hw = randn(64, dtype=dtype, generator=_gen(9))
+    ref = head_rms_norm_ref(heads, hw, 1e-6)
+    assert_close(head_rms_norm(heads, hw, 1e-6, out=heads, config=HEAD_INTERPRET_CONFIG), ref.float(), dtype)
 
 
 def test_out_buffers_and_aliasing():

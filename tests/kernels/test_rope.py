@@ -8,6 +8,7 @@ from tritium.autotune import config_id
 from tritium.kernels.rmsnorm import head_rms_norm_ref
 from tritium.kernels.rope import (
     CONFIGS,
+    INTERPRET_CONFIG,
     apply_rope,
     apply_rope_ref,
     qk_norm_rope,
@@ -164,7 +165,7 @@ def test_out_of_range_positions_are_clamped():
     assert torch.equal(q, q2) and torch.equal(k, k2)
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=config_id)
+@pytest.mark.parametrize("config", CONFIGS + [INTERPRET_CONFIG], ids=config_id)
 @pytest.mark.parametrize("norm", [False, True], ids=["rope", "norm_rope"])
 def test_every_config(config, norm):
     g = _gen(1)
@@ -180,6 +181,25 @@ def test_every_config(config, norm):
         apply_rope(q, k, pos, cs, config=config)
     assert_close(q, q_ref)
     assert_close(k, k_ref)
+
+
+@pytest.mark.parametrize("dtype", CPU_DTYPES)
+def test_interpreter_config_over_several_tiles(dtype):
+    # The interpreter's 64-token tiles: 3 programs, the last one partial, packed (strided) q and k.
+    g = _gen(2)
+    t = 2 * INTERPRET_CONFIG.kwargs["BLOCK_T"] + 5
+    q, k = _qk(t, 6, 2, 128, dtype, g, packed=True)
+    qw, kw = randn(128, dtype=dtype, generator=g), randn(128, dtype=dtype, generator=g)
+    pos = _positions(t, g, large=True)
+    cs = rope_cos_sin(128, MAX_POS, 1e6)
+    q_ref, k_ref = qk_norm_rope_ref(q, k, qw, kw, 1e-6, pos, cs)
+    qk_norm_rope(q, k, qw, kw, 1e-6, pos, cs, config=INTERPRET_CONFIG)
+    assert_close(q, q_ref.float(), dtype)
+    assert_close(k, k_ref.float(), dtype)
+    q_ref, k_ref = apply_rope_ref(q, k, pos, cs)
+    apply_rope(q, k, pos, cs, config=INTERPRET_CONFIG)
+    assert_close(q, q_ref.float(), dtype)
+    assert_close(k, k_ref.float(), dtype)
 
 
 def test_norm_then_rope_equals_composition():

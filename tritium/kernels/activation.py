@@ -5,6 +5,7 @@
 computed in fp32 and rounded once to x's dtype. x: fp16, bf16 or fp32, rows of any stride with a
 contiguous last dim (e.g. the output of a fused gate|up projection); out [T, F] likewise.
 Tiled in 2-D over (rows, columns) so both a large T and a large F fill the machine.
+Under Triton's CPU interpreter INTERPRET_CONFIG runs instead of the tuned choice (many rows per program).
 """
 from __future__ import annotations
 
@@ -22,6 +23,9 @@ CONFIGS = [
     triton.Config({"BLOCK_T": 4, "BLOCK_F": 512}, num_warps=4),
     triton.Config({"BLOCK_T": 8, "BLOCK_F": 256}, num_warps=4),
 ]
+# The interpreter's config (never used on the GPU): its cost is per program and per op, so 64 rows x 1024
+# columns per program (a 329-token prefill at F <= 1024 is 6 programs instead of 329).
+INTERPRET_CONFIG = triton.Config({"BLOCK_T": 64, "BLOCK_F": 1024}, num_warps=8)
 KEY = ["n_cols", "rows_bucket"]
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -49,7 +53,7 @@ def _silu_and_mul_kernel(
     tl.store(y_ptr + r64 * stride_yt + cols[None, :], y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
-_kernel = tuned(_silu_and_mul_kernel, CONFIGS, key=KEY)
+_kernel = tuned(_silu_and_mul_kernel, CONFIGS, key=KEY, interpret_config=INTERPRET_CONFIG)
 
 
 def silu_and_mul(x, *, out=None, config=None):

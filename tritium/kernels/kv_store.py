@@ -8,6 +8,7 @@ k_cache, v_cache: [num_blocks, B, Hkv, D] (any strides, contiguous last dim), th
 padding), and so does any slot >= num_blocks * B (never written out of bounds). Exact copy. B: any block
 size (the engine uses powers of two, 16..256).
 Tiled in 2-D over (tokens, Hkv * D columns): each program copies BLOCK_T rows of BLOCK_C elements.
+Under Triton's CPU interpreter INTERPRET_CONFIG runs instead of the tuned choice (many tokens per program).
 """
 from __future__ import annotations
 
@@ -24,6 +25,9 @@ CONFIGS = [
     triton.Config({"BLOCK_T": 1, "BLOCK_C": 512}, num_warps=2),
     triton.Config({"BLOCK_T": 8, "BLOCK_C": 512}, num_warps=8),
 ]
+# The interpreter's config (never used on the GPU): its cost is per program and per op, so 64 tokens per
+# program; 512 columns covers small models' Hkv * D in one program without paying for many masked lanes.
+INTERPRET_CONFIG = triton.Config({"BLOCK_T": 64, "BLOCK_C": 512}, num_warps=8)
 KEY = ["tokens_bucket", "n_cols", "HEAD_DIM"]
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -64,7 +68,7 @@ def _store_kv_kernel(
 
 
 # Re-running a trial config writes the same values, so tuning needs no restore.
-_kernel = tuned(_store_kv_kernel, CONFIGS, key=KEY)
+_kernel = tuned(_store_kv_kernel, CONFIGS, key=KEY, interpret_config=INTERPRET_CONFIG)
 
 
 def _check_kv(k, v, k_cache, v_cache, slot_mapping) -> None:

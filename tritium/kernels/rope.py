@@ -15,6 +15,7 @@ output is (see rmsnorm.py for the norm's rounding order).
 q and k: fp16, bf16 or fp32 (the same), any strides with a contiguous last dim (slices of a packed qkv
 tensor). positions: int32/int64 in [0, P) (values outside are clamped, never read out of bounds).
 One program handles BLOCK_T tokens and all of their q and k heads, so each cos/sin row is read once.
+Under Triton's CPU interpreter INTERPRET_CONFIG runs instead of the tuned choice (many tokens per program).
 """
 from __future__ import annotations
 
@@ -32,6 +33,9 @@ CONFIGS = [
     triton.Config({"BLOCK_T": 2}, num_warps=8),
     triton.Config({"BLOCK_T": 4}, num_warps=8),
 ]
+# The interpreter's config (never used on the GPU): its cost is ~20 ms per program of this kernel whatever
+# the tile, so 64 tokens x all heads per program make a 329-token prefill 6 programs instead of 329.
+INTERPRET_CONFIG = triton.Config({"BLOCK_T": 64}, num_warps=8)
 KEY = ["tokens_bucket", "n_q_heads", "n_kv_heads", "HALF", "NORM"]
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -100,7 +104,7 @@ def _rope_kernel(
                 NORM, HALF, HALF_P2, BLOCK_T, BLOCK_HK)
 
 
-_kernel = tuned(_rope_kernel, CONFIGS, key=KEY, restore_value=["q_ptr", "k_ptr"])
+_kernel = tuned(_rope_kernel, CONFIGS, key=KEY, restore_value=["q_ptr", "k_ptr"], interpret_config=INTERPRET_CONFIG)
 
 
 def rope_cos_sin(head_dim: int, max_position: int, theta: float, device=None) -> torch.Tensor:
