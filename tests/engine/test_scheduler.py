@@ -154,6 +154,15 @@ def test_prefill_batches_many_prompts_under_the_budget():
         assert q.completion_token_ids == reference(q.prompt_token_ids, q.sampling_params)
 
 
+def test_decode_batches_respect_the_token_budget():
+    sched, runner = make(max_num_batched_tokens=2, max_num_seqs=8)
+    seqs = [seq(prompt_of(2, i), max_tokens=6) for i in range(5)]
+    drive(sched, runner, {0: seqs})
+    assert sched.max_running == 2 and max(len(ids) for _, ids, _, _ in runner.log) == 2
+    for q in seqs:
+        assert q.completion_token_ids == reference(q.prompt_token_ids, q.sampling_params)
+
+
 def test_preemption_under_a_tiny_cache_starves_no_one():
     sched, runner = make(num_blocks=6, max_num_batched_tokens=64)
     seqs = [seq(prompt_of(20, i), max_tokens=40, ignore_eos=True) for i in range(5)]
@@ -204,6 +213,10 @@ def test_finishing_on_eos_stop_tokens_and_max_tokens():
     assert (s_stop.completion_token_ids, s_stop.finish_reason) == (toks[:4], "stop")
     assert (s_len.completion_token_ids, s_len.finish_reason) == (toks[:2], "length")
     assert all(q.is_finished and not q.block_table for q in (s_eos, s_ign, s_stop, s_len))
+    sched, runner = make(eos=[toks[9], eos])  # several EOS ids (HF configs may give a list)
+    s_two = seq(p, max_tokens=30)
+    drive(sched, runner, {0: [s_two]})
+    assert s_two.completion_token_ids == toks[:7]
 
 
 def test_requests_that_can_never_fit_are_rejected_at_add():

@@ -104,7 +104,7 @@ class ScheduledBatch:
 
 
 class Scheduler:
-    def __init__(self, config: EngineConfig, num_blocks: int | None = None, eos_token_id: int | None = None):
+    def __init__(self, config: EngineConfig, num_blocks: int | None = None, eos_token_id=None):
         num_blocks = config.num_kvcache_blocks if num_blocks is None else num_blocks
         if num_blocks < 1:
             raise ValueError("the scheduler needs the KV cache size: pass num_blocks or set num_kvcache_blocks")
@@ -112,7 +112,9 @@ class Scheduler:
         self.block_size = config.kvcache_block_size
         self.max_budget = config.max_num_batched_tokens
         self.max_running = min(config.max_num_seqs, config.max_num_batched_tokens)
-        self.eos_token_id = eos_token_id
+        # HF configs give an int, a list of ints, or None
+        eos = eos_token_id if isinstance(eos_token_id, (list, tuple, set, frozenset)) else [eos_token_id]
+        self.eos_token_ids = frozenset(int(e) for e in eos if e is not None)
         self.block_manager = BlockManager(num_blocks, self.block_size, config.enable_prefix_caching)
         self.rng = random.Random(config.seed)  # draws seeds for requests that bring none
         self.waiting: list[Sequence] = []  # sorted by arrival; hold no blocks
@@ -260,7 +262,7 @@ class Scheduler:
 
     def _finish_reason(self, seq: Sequence, tok: int) -> str | None:
         p = seq.sampling_params
-        if (not p.ignore_eos and tok == self.eos_token_id) or tok in p.stop_token_ids:
+        if (not p.ignore_eos and tok in self.eos_token_ids) or tok in p.stop_token_ids:
             return "stop"
         if seq.num_completion_tokens >= p.max_tokens or seq.num_tokens >= self.config.max_model_len:
             return "length"
