@@ -59,7 +59,8 @@ def main():
         import torch
 
         result["gpu"] = torch.cuda.get_device_name()
-        path = ROOT / "benchmarks" / "results" / gpu_name() / "bench.json"
+        name = "bench_eager.json" if args.enforce_eager else "bench.json"
+        path = ROOT / "benchmarks" / "results" / gpu_name() / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result, indent=1))
     llm.exit()

@@ -124,7 +124,9 @@ class ModelRunner:
         params = [batch.seqs[i].sampling_params for i in x.sample_seq_indices]
         return self._sample(logits, [p.temperature for p in params], x.seeds, x.sample_offsets, params).tolist()
 
-    def _decode(self, x) -> torch.Tensor:
+    def _decode(self, x, eager: bool = False) -> torch.Tensor:
+        """Decode hidden states [bs, hidden]. With graphs captured, the batch is padded to its bucket in the static
+        buffers and the bucket's graph replays (eager=True runs the same padded batch without the graph)."""
         bs = len(x.input_ids)
         bucket = next((b for b in self.graphs if b >= bs), None)
         if bucket is None:
@@ -141,8 +143,16 @@ class ModelRunner:
         s["seq_lens"][:bs].copy_(self._tensor(x.context_lens))
         table = self._block_table_tensor(x.block_tables)
         s["tables"][:bs, : table.shape[1]].copy_(table)
-        self.graphs[bucket].replay()
+        if eager:
+            s["hidden"][:bucket] = self.model(s["ids"][:bucket], s["pos"][:bucket], self._static_meta(bucket))
+        else:
+            self.graphs[bucket].replay()
         return s["hidden"][:bs]
+
+    def _static_meta(self, bs: int) -> AttentionMetadata:
+        s = self.static
+        return AttentionMetadata(is_prefill=False, slot_mapping=s["slots"][:bs], seq_lens=s["seq_lens"][:bs],
+                                 block_tables=s["tables"][:bs])
 
     def _sample(self, logits, temperatures, seeds, offsets, params) -> torch.Tensor:
         kw = {}
@@ -169,8 +179,7 @@ class ModelRunner:
         }
         pool = None
         for bs in reversed(graph_buckets(n)):
-            meta = AttentionMetadata(is_prefill=False, slot_mapping=s["slots"][:bs], seq_lens=s["seq_lens"][:bs],
-                                     block_tables=s["tables"][:bs])
+            meta = self._static_meta(bs)
             with torch.inference_mode():
                 self.model(s["ids"][:bs], s["pos"][:bs], meta)  # tunes every kernel at these shapes first
                 torch.cuda.synchronize()
