@@ -20,9 +20,9 @@ from tritium.model.synthetic import ensure_checkpoint  # noqa: E402
 from tritium.platform import HAS_CUDA, gpu_name  # noqa: E402
 
 
-def workload(num_seqs: int, max_input: int, max_output: int, min_len: int):
+def workload(num_seqs: int, max_input: int, max_output: int, min_len: int, max_id: int = 10000):
     seed(0)
-    prompts = [[randint(0, 10000) for _ in range(randint(min_len, max_input))] for _ in range(num_seqs)]
+    prompts = [[randint(0, max_id) for _ in range(randint(min_len, max_input))] for _ in range(num_seqs)]
     params = [SamplingParams(temperature=0.6, ignore_eos=True, max_tokens=randint(min_len, max_output))
               for _ in range(num_seqs)]
     return prompts, params
@@ -39,7 +39,7 @@ def main():
     if HAS_CUDA:
         prompts, params = workload(args.num_seqs, 1024, 1024, 100)
     else:
-        prompts, params = workload(args.num_seqs, 48, 16, 8)
+        prompts, params = workload(args.num_seqs, 48, 16, 8, max_id=1000)  # the tiny vocabulary is 1024
     llm = LLM(model, max_model_len=4096, enforce_eager=args.enforce_eager,
               kvcache_block_size=256 if HAS_CUDA else 16)
     llm.generate(["Benchmark: "], SamplingParams(max_tokens=8), use_tqdm=False)  # warm-up
