@@ -50,6 +50,14 @@ class FakeRunner:
         else:
             assert all(n == 1 for n in batch.num_new_tokens) and all(samples)
         inputs = batch.inputs()
+        per_seq = batch.step_inputs()  # the fast flat path agrees with the per-sequence one
+        assert inputs.input_ids == [t for si in per_seq for t in si.token_ids]
+        assert inputs.positions == [t for si in per_seq for t in si.positions]
+        assert inputs.slot_mapping == [t for si in per_seq for t in si.slots]
+        assert inputs.context_lens == [si.context_len for si in per_seq]
+        assert inputs.block_tables == [si.block_table for si in per_seq]
+        assert inputs.seeds == [si.seed for si in per_seq if si.samples]
+        assert inputs.sample_offsets == [si.sample_offset for si in per_seq if si.samples]
         assert len(inputs.input_ids) == len(inputs.positions) == len(inputs.slot_mapping) == batch.num_tokens
         assert inputs.sample_seq_indices == [i for i, x in enumerate(samples) if x]
         out, writes = [], {}

@@ -87,19 +87,35 @@ class ScheduledBatch:
         return [s.step_inputs(n, c) for s, c, n in zip(self.seqs, self.starts, self.num_new_tokens)]
 
     def inputs(self) -> BatchInputs:
+        """Flat inputs; the same values as step_inputs(), built without per-sequence objects (hot path)."""
         out = BatchInputs([], [], [], [], [], [], [], [], [], [])
-        for i, si in enumerate(self.step_inputs()):
-            out.input_ids += si.token_ids
-            out.positions += si.positions
-            out.slot_mapping += si.slots
-            out.query_lens.append(len(si.token_ids))
-            out.context_lens.append(si.context_len)
-            out.block_tables.append(si.block_table)
-            if si.samples:
-                out.sample_rows.append(len(out.input_ids) - 1)
+        ids, pos, slots = out.input_ids, out.positions, out.slot_mapping
+        for i, (seq, c, n) in enumerate(zip(self.seqs, self.starts, self.num_new_tokens)):
+            bs, table, end = seq.block_size, seq.block_table, c + n
+            if end > len(table) * bs:
+                raise ValueError(f"block table of sequence {seq.seq_id} does not cover position {end - 1}")
+            if n == 1:  # decode
+                ids.append(seq.token_ids[c])
+                pos.append(c)
+                slots.append(table[c // bs] * bs + c % bs)
+            else:
+                ids += seq.token_ids[c:end]
+                pos += range(c, end)
+                p = c
+                while p < end:  # one contiguous slot range per block
+                    blk = p // bs
+                    stop = min(end, (blk + 1) * bs)
+                    base = (table[blk] - blk) * bs
+                    slots += range(base + p, base + stop)
+                    p = stop
+            out.query_lens.append(n)
+            out.context_lens.append(end)
+            out.block_tables.append(table[:])
+            if end == len(seq.token_ids):
+                out.sample_rows.append(len(ids) - 1)
                 out.sample_seq_indices.append(i)
-                out.seeds.append(si.seed)
-                out.sample_offsets.append(si.sample_offset)
+                out.seeds.append(seq.seed)
+                out.sample_offsets.append(len(seq.token_ids) - seq.num_prompt_tokens)
         return out
 
 
@@ -207,18 +223,21 @@ class Scheduler:
 
     def _schedule_decode(self) -> ScheduledBatch | None:
         bm, seqs = self.block_manager, []
-        for seq in [s for s in self.running if self._prefill_done(s)]:
+        for seq in self.running[:]:
             if len(seqs) >= self.max_running:
                 break
-            if seq.status is not SequenceStatus.RUNNING:
-                continue  # preempted earlier in this loop
-            while not bm.can_append(seq):
-                self._preempt(self.running[-1])  # the newest: never one already in this batch
+            if seq.status is not SequenceStatus.RUNNING or not self._prefill_done(seq):
+                continue  # preempted earlier in this loop, or mid-prefill
+            if len(seq.block_table) < seq.num_blocks:  # its last token starts a new block
+                while not bm.can_append(seq):
+                    self._preempt(self.running[-1])  # the newest: never one already in this batch
+                    if seq.status is not SequenceStatus.RUNNING:
+                        break
+                else:
+                    bm.may_append(seq)
                 if seq.status is not SequenceStatus.RUNNING:
-                    break
-            else:
-                bm.may_append(seq)
-                seqs.append(seq)
+                    continue
+            seqs.append(seq)
         return ScheduledBatch(seqs, [1] * len(seqs), False) if seqs else None
 
     def _preempt(self, seq: Sequence) -> None:
@@ -243,12 +262,13 @@ class Scheduler:
             token_ids = [next(it) if s else None for s in samples]
         if len(token_ids) != len(batch.seqs):
             raise ValueError(f"expected {sum(samples)} or {len(batch.seqs)} token ids, got {len(token_ids)}")
-        finished = []
+        finished, bm, bs = [], self.block_manager, self.block_size
         for seq, start, n, tok, smp in zip(batch.seqs, batch.starts, batch.num_new_tokens, token_ids, samples):
             if seq.status is not SequenceStatus.RUNNING or seq.num_computed_tokens != start:
                 continue  # aborted or preempted since it was scheduled
             seq.num_computed_tokens = start + n
-            self.block_manager.register_computed(seq)
+            if len(seq.block_keys) < seq.num_computed_tokens // bs:  # a block became full: cache it
+                bm.register_computed(seq)
             if not smp:
                 continue
             seq.append_token(tok)
