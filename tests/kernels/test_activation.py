@@ -47,8 +47,9 @@ def test_every_config(config, dtype):
 
 @pytest.mark.parametrize("dtype", CPU_DTYPES)
 def test_interpreter_config_over_several_tiles(dtype):
-    # The interpreter's 64 x 1024 tiles: 3 row tiles (the last partial) x 2 column tiles, strided in and out.
+    # The interpreter's widest tiles: 3 row tiles (the last partial) x 2 column tiles, strided in and out.
     t, f = 2 * INTERPRET_CONFIG.kwargs["BLOCK_T"] + 5, 1100
+    assert INTERPRET_CONFIG.kwargs["BLOCK_F"] < f <= 2 * INTERPRET_CONFIG.kwargs["BLOCK_F"]
     x = randn(t, 2 * f + 8, dtype=dtype, scale=3.0)[:, 4 : 4 + 2 * f]
     out = torch.empty(t, f + 20, dtype=dtype)[:, 10 : 10 + f]
     assert silu_and_mul(x, out=out, config=INTERPRET_CONFIG) is out

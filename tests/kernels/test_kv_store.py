@@ -94,12 +94,13 @@ def test_every_config(config):
 
 @pytest.mark.parametrize("dtype", CPU_DTYPES)
 def test_interpreter_config_over_several_tiles(dtype):
-    # The interpreter's 64 x 512 tiles: 3 token tiles (the last partial) x 2 column tiles (576 = 3 x 192).
+    # The interpreter's widest tiles: 3 token tiles (the last partial) x 2 column tiles (1152 = 3 x 384 columns).
     g = torch.Generator().manual_seed(4)
     t = 2 * INTERPRET_CONFIG.kwargs["BLOCK_T"] + 5
-    k, v = _kv(t, 3, 192, dtype, g, packed=True)
-    k_cache, v_cache = randn(12, 16, 3, 192, dtype=dtype, generator=g), randn(12, 16, 3, 192, dtype=dtype, generator=g)
-    _check(k, v, k_cache, v_cache, _slots(t, 12 * 16, 0.3, g, torch.int64), config=INTERPRET_CONFIG)
+    assert INTERPRET_CONFIG.kwargs["BLOCK_C"] < 3 * 384 <= 2 * INTERPRET_CONFIG.kwargs["BLOCK_C"]
+    k, v = _kv(t, 3, 384, dtype, g, packed=True)
+    k_cache, v_cache = randn(20, 16, 3, 384, dtype=dtype, generator=g), randn(20, 16, 3, 384, dtype=dtype, generator=g)
+    _check(k, v, k_cache, v_cache, _slots(t, 20 * 16, 0.3, g, torch.int64), config=INTERPRET_CONFIG)
 
 
 def test_empty_input():

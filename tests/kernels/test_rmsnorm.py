@@ -137,7 +137,7 @@ def test_every_head_config(config):
 
 @pytest.mark.parametrize("dtype", CPU_DTYPES)
 def test_interpreter_configs_over_several_tiles(dtype):
-    # The interpreter's wide tiles (64 rows, 256 head vectors) over 2-3 programs with a partial last one.
+    # The interpreter's widest tiles (ROWS rows / head vectors) over 3 programs, the last one partial.
     t = 2 * INTERPRET_CONFIG.kwargs["ROWS"] + 5
     x, r = _rows(t, 1000, dtype, _gen(5), 2.0, pad=6), _rows(t, 1000, dtype, _gen(6), 1.0, pad=6)
     w = randn(1000, dtype=dtype, generator=_gen(7))
@@ -146,7 +146,8 @@ def test_interpreter_configs_over_several_tiles(dtype):
     y, r_new = add_rms_norm(x, r, w, 1e-6, residual_out=r, config=INTERPRET_CONFIG)
     assert torch.equal(r_new, r_ref)
     assert_close(y, y_ref.float(), dtype)
-    heads = randn(t, 7, 64, dtype=dtype, generator=_gen(8))[:, 1:6]  # 665 strided head vectors
+    heads = randn(t, 7, 64, dtype=dtype, generator=_gen(8))[:, 1:6]  # t x 5 strided head vectors
+    assert 2 * HEAD_INTERPRET_CONFIG.kwargs["ROWS"] < t * 5 < 3 * HEAD_INTERPRET_CONFIG.kwargs["ROWS"]
     hw = randn(64, dtype=dtype, generator=_gen(9))
     ref = head_rms_norm_ref(heads, hw, 1e-6)
     assert_close(head_rms_norm(heads, hw, 1e-6, out=heads, config=HEAD_INTERPRET_CONFIG), ref.float(), dtype)

@@ -185,7 +185,7 @@ def test_every_config(config, norm):
 
 @pytest.mark.parametrize("dtype", CPU_DTYPES)
 def test_interpreter_config_over_several_tiles(dtype):
-    # The interpreter's 64-token tiles: 3 programs, the last one partial, packed (strided) q and k.
+    # The interpreter's widest tiles: 3 programs, the last one partial, packed (strided) q and k.
     g = _gen(2)
     t = 2 * INTERPRET_CONFIG.kwargs["BLOCK_T"] + 5
     q, k = _qk(t, 6, 2, 128, dtype, g, packed=True)

@@ -5,7 +5,8 @@
 computed in fp32 and rounded once to x's dtype. x: fp16, bf16 or fp32, rows of any stride with a
 contiguous last dim (e.g. the output of a fused gate|up projection); out [T, F] likewise.
 Tiled in 2-D over (rows, columns) so both a large T and a large F fill the machine.
-Under Triton's CPU interpreter INTERPRET_CONFIG runs instead of the tuned choice (many rows per program).
+Under Triton's CPU interpreter a launch without config= runs INTERPRET_CONFIG with its blocks cut to
+next_pow2 of T and F: many rows per program, as the interpreter's cost is per program and per op.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import triton
 import triton.language as tl
 
 from tritium.autotune import next_pow2, tuned
+from tritium.platform import INTERPRET
 
 CONFIGS = [
     triton.Config({"BLOCK_T": 1, "BLOCK_F": 1024}, num_warps=4),
@@ -23,9 +25,9 @@ CONFIGS = [
     triton.Config({"BLOCK_T": 4, "BLOCK_F": 512}, num_warps=4),
     triton.Config({"BLOCK_T": 8, "BLOCK_F": 256}, num_warps=4),
 ]
-# The interpreter's config (never used on the GPU): its cost is per program and per op, so 64 rows x 1024
-# columns per program (a 329-token prefill at F <= 1024 is 6 programs instead of 329).
-INTERPRET_CONFIG = triton.Config({"BLOCK_T": 64, "BLOCK_F": 1024}, num_warps=8)
+# The interpreter's config (never used on the GPU): up to 128 rows x 1024 columns per program (a 329-token
+# prefill at F <= 1024 is 3 programs instead of 329).
+INTERPRET_CONFIG = triton.Config({"BLOCK_T": 128, "BLOCK_F": 1024}, num_warps=8)
 KEY = ["n_cols", "rows_bucket"]
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -77,6 +79,12 @@ def silu_and_mul(x, *, out=None, config=None):
         raise ValueError(f"out must have a contiguous last dimension (stride {out.stride(1)})")
     if out.numel() == 0:
         return out
+    if config is None and INTERPRET:  # the interpreter's tile, no larger than the problem
+        cap = INTERPRET_CONFIG.kwargs
+        config = triton.Config(
+            {"BLOCK_T": min(cap["BLOCK_T"], next_pow2(n)), "BLOCK_F": min(cap["BLOCK_F"], next_pow2(f))},
+            num_warps=INTERPRET_CONFIG.num_warps,
+        )
     _kernel(
         lambda meta: (triton.cdiv(n, meta["BLOCK_T"]), triton.cdiv(f, meta["BLOCK_F"])),
         x, out, n, f, next_pow2(n), x.stride(0), out.stride(0), config=config,

@@ -8,7 +8,8 @@ k_cache, v_cache: [num_blocks, B, Hkv, D] (any strides, contiguous last dim), th
 padding), and so does any slot >= num_blocks * B (never written out of bounds). Exact copy. B: any block
 size (the engine uses powers of two, 16..256).
 Tiled in 2-D over (tokens, Hkv * D columns): each program copies BLOCK_T rows of BLOCK_C elements.
-Under Triton's CPU interpreter INTERPRET_CONFIG runs instead of the tuned choice (many tokens per program).
+Under Triton's CPU interpreter a launch without config= runs INTERPRET_CONFIG with its blocks cut to
+next_pow2 of T and Hkv * D: many tokens per program, as the interpreter's cost is per program and per op.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import triton
 import triton.language as tl
 
 from tritium.autotune import next_pow2, tuned
+from tritium.platform import INTERPRET
 
 CONFIGS = [
     triton.Config({"BLOCK_T": 1, "BLOCK_C": 1024}, num_warps=4),
@@ -25,9 +27,9 @@ CONFIGS = [
     triton.Config({"BLOCK_T": 1, "BLOCK_C": 512}, num_warps=2),
     triton.Config({"BLOCK_T": 8, "BLOCK_C": 512}, num_warps=8),
 ]
-# The interpreter's config (never used on the GPU): its cost is per program and per op, so 64 tokens per
-# program; 512 columns covers small models' Hkv * D in one program without paying for many masked lanes.
-INTERPRET_CONFIG = triton.Config({"BLOCK_T": 64, "BLOCK_C": 512}, num_warps=8)
+# The interpreter's config (never used on the GPU): up to 128 tokens x 1024 columns (Qwen3's Hkv * D) per
+# program, so a 329-token prefill is 3 programs instead of 329.
+INTERPRET_CONFIG = triton.Config({"BLOCK_T": 128, "BLOCK_C": 1024}, num_warps=8)
 KEY = ["tokens_bucket", "n_cols", "HEAD_DIM"]
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -101,6 +103,12 @@ def store_kv(k, v, k_cache, v_cache, slot_mapping, *, config=None) -> None:
     n, h, d = k.shape
     if n == 0 or h * d == 0 or k_cache.shape[0] * k_cache.shape[1] == 0:
         return
+    if config is None and INTERPRET:  # the interpreter's tile, no larger than the problem
+        cap = INTERPRET_CONFIG.kwargs
+        config = triton.Config(
+            {"BLOCK_T": min(cap["BLOCK_T"], next_pow2(n)), "BLOCK_C": min(cap["BLOCK_C"], next_pow2(h * d))},
+            num_warps=INTERPRET_CONFIG.num_warps,
+        )
     _kernel(
         lambda meta: (triton.cdiv(n, meta["BLOCK_T"]), triton.cdiv(h * d, meta["BLOCK_C"])),
         k, v, k_cache, v_cache, slot_mapping, n, next_pow2(n), h * d, k_cache.shape[1],

@@ -15,8 +15,9 @@ rounding of a 16-bit product. Both are no-ops in fp32.
   dim; out may be x (in place).
 x / residual / out: fp16, bf16 or fp32, all the same dtype. weight: any float dtype, used in fp32.
 All three run one kernel: a tile of ROWS rows x next_pow2(H) columns per program, one pass over memory.
-Under Triton's CPU interpreter, INTERPRET_CONFIG / HEAD_INTERPRET_CONFIG run instead of the tuned choice:
-many rows per program, because the interpreter's cost is per program and per op, not per byte.
+Under Triton's CPU interpreter a launch without config= runs INTERPRET_CONFIG / HEAD_INTERPRET_CONFIG, its
+ROWS cut to next_pow2(rows): many rows per program, because the interpreter's cost is per program and per
+op (masked lanes included), not per byte. The GPU runs the tuned choice from CONFIGS / HEAD_CONFIGS.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ import triton
 import triton.language as tl
 
 from tritium.autotune import next_pow2, tuned
+from tritium.platform import INTERPRET
 
 # Rows of hidden-size width (H = 1000..8192): one to a few rows per program, warps scaled with width.
 CONFIGS = [
@@ -42,11 +44,10 @@ HEAD_CONFIGS = [
     triton.Config({"ROWS": 16}, num_warps=4),
     triton.Config({"ROWS": 32}, num_warps=8),
 ]
-# The interpreter's configs (never used on the GPU): one program per 64 rows / 256 head vectors turns a
-# 329-token prefill from 329 (1316) programs into 6 — about 20-30x cheaper there, at about the cost of one
-# 1-row program for a single token.
-INTERPRET_CONFIG = triton.Config({"ROWS": 64}, num_warps=8)
-HEAD_INTERPRET_CONFIG = triton.Config({"ROWS": 256}, num_warps=8)
+# The interpreter's configs (never used on the GPU): up to 128 rows / 512 head vectors per program, so a
+# 329-token prefill's norms run 3 programs instead of 329 (1316-5264 head vectors: 3-11, not 165-658).
+INTERPRET_CONFIG = triton.Config({"ROWS": 128}, num_warps=8)
+HEAD_INTERPRET_CONFIG = triton.Config({"ROWS": 512}, num_warps=8)
 KEY = ["n_cols", "rows_bucket", "HAS_RESIDUAL"]
 MAX_COLS = 65536
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -135,6 +136,9 @@ def _launch(kernel, x, r, w, y, ro, n_heads, sx, sr, sy, sro, eps, has_residual,
     n_rows = x.shape[0] * n_heads
     if n_rows == 0:
         return
+    if config is None and INTERPRET:  # the interpreter's tile, no taller than the problem
+        cap = INTERPRET_CONFIG if kernel is _rows_kernel else HEAD_INTERPRET_CONFIG
+        config = triton.Config({"ROWS": min(cap.kwargs["ROWS"], next_pow2(n_rows))}, num_warps=cap.num_warps)
     n_cols = x.shape[-1]
     kernel(
         lambda meta: (triton.cdiv(n_rows, meta["ROWS"]),),

@@ -15,7 +15,8 @@ output is (see rmsnorm.py for the norm's rounding order).
 q and k: fp16, bf16 or fp32 (the same), any strides with a contiguous last dim (slices of a packed qkv
 tensor). positions: int32/int64 in [0, P) (values outside are clamped, never read out of bounds).
 One program handles BLOCK_T tokens and all of their q and k heads, so each cos/sin row is read once.
-Under Triton's CPU interpreter INTERPRET_CONFIG runs instead of the tuned choice (many tokens per program).
+Under Triton's CPU interpreter a launch without config= runs INTERPRET_CONFIG with BLOCK_T cut to
+next_pow2(T): many tokens per program, as the interpreter's cost is per program and per op, not per byte.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import triton
 import triton.language as tl
 
 from tritium.autotune import next_pow2, tuned
+from tritium.platform import INTERPRET
 
 CONFIGS = [
     triton.Config({"BLOCK_T": 1}, num_warps=4),
@@ -33,9 +35,9 @@ CONFIGS = [
     triton.Config({"BLOCK_T": 2}, num_warps=8),
     triton.Config({"BLOCK_T": 4}, num_warps=8),
 ]
-# The interpreter's config (never used on the GPU): its cost is ~20 ms per program of this kernel whatever
-# the tile, so 64 tokens x all heads per program make a 329-token prefill 6 programs instead of 329.
-INTERPRET_CONFIG = triton.Config({"BLOCK_T": 64}, num_warps=8)
+# The interpreter's config (never used on the GPU): it spends ~15-20 ms per program of this kernel whatever
+# the tile, so up to 128 tokens x all heads per program make a 329-token prefill 3 programs instead of 329.
+INTERPRET_CONFIG = triton.Config({"BLOCK_T": 128}, num_warps=8)
 KEY = ["tokens_bucket", "n_q_heads", "n_kv_heads", "HALF", "NORM"]
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -147,6 +149,9 @@ def _launch(q, k, qw, kw, eps, positions, cos_sin, norm, config):
     if n == 0:
         return
     d = q.shape[2]
+    if config is None and INTERPRET:  # the interpreter's tile, no taller than the problem
+        bt = min(INTERPRET_CONFIG.kwargs["BLOCK_T"], next_pow2(n))
+        config = triton.Config({"BLOCK_T": bt}, num_warps=INTERPRET_CONFIG.num_warps)
     _kernel(
         lambda meta: (triton.cdiv(n, meta["BLOCK_T"]),),
         q, k, qw, kw, positions, cos_sin, n, next_pow2(n), q.shape[1], k.shape[1], cos_sin.shape[0],
