@@ -42,9 +42,21 @@ class LLM:
         self.tokenizer = AutoTokenizer.from_pretrained(config.model)
         platform.announce_cpu_mode()
         self.runner = ModelRunner(self.config, self.hf_config, platform.DEVICE)
-        self.scheduler = Scheduler(self.config, self.runner.num_blocks, self.hf_config.eos_token_id)
+        self.scheduler = Scheduler(self.config, self.runner.num_blocks, self._eos_token_ids())
         self._seqs: dict[int, Sequence] = {}
         self.stats = {"prefill_tokens": 0, "prefill_s": 0.0, "decode_tokens": 0, "decode_s": 0.0}
+
+    def _eos_token_ids(self) -> list[int]:
+        """EOS ids from config.json and generation_config.json (chat checkpoints end turns with another id)."""
+        import json
+        from pathlib import Path
+
+        ids = []
+        gen = Path(self.config.model) / "generation_config.json"
+        for source in (self.hf_config.eos_token_id, json.loads(gen.read_text()).get("eos_token_id")
+                       if gen.is_file() else None):
+            ids += source if isinstance(source, list) else [source] if source is not None else []
+        return sorted(set(ids))
 
     # ---- requests ------------------------------------------------------------------------------------
     def _to_ids(self, prompt) -> list[int]:
