@@ -4,3 +4,4 @@ from tritium.kernels.activation import silu_and_mul  # noqa: F401
 from tritium.kernels.kv_store import store_kv  # noqa: F401
 from tritium.kernels.prefill_attention import prefill_attention  # noqa: F401
 from tritium.kernels.decode_attention import decode_attention  # noqa: F401
+from tritium.kernels.sampling import sample  # noqa: F401

@@ -39,60 +39,49 @@ CONFIGS = [
 CHUNK_QUANTUM = 4096  # chunks are multiples of every BLOCK in CONFIGS
 TARGET_PROGRAMS = 1024  # enough programs to fill an H100/H200 several times over
 NEG = tl.constexpr(-1.0e30)  # stands for -inf where exp() / subtraction must stay finite
-# Philox rounds: Triton's default is 10; 7 is still statistically ample for sampling noise and ~30%
-# cheaper. Changing it changes every seeded draw.
+# Philox4x32 rounds (Triton's tl.randint4x defaults to 10): 7 is statistically ample for sampling noise and
+# ~30% cheaper. The noise, and so every seeded draw, depends on this constant.
 PHILOX_ROUNDS = tl.constexpr(7)
+FAST_LOG = tl.constexpr(not INTERPRET)  # MUFU.LG2 through inline PTX on the GPU; tl.log2 in the interpreter
 
 
 @triton.jit
-def _uniform(r):
-    # uint32 -> fp32 in (0, 1): 23 random bits, centred, so neither 0 nor 1 can occur
-    return (r >> 9).to(tl.float32) * 1.1920928955078125e-07 + 5.9604644775390625e-08
+def noisy_scores(z, seed, step, group, lane):
+    """z / log 2 + Gumbel noise in log2 units for tokens 4 * group + lane (group, lane broadcast to z's shape).
 
-
-if INTERPRET:
-
-    @triton.jit
-    def _noisy(z, u):
-        # z / log 2 + Gumbel noise in log2 units: -log2(-log2 u) = (G - log(log 2)) / log 2, G = -log(-log u)
-        return z * 1.4426950408889634 - tl.log2(-tl.log2(u))
-
-else:
-
-    @triton.jit
-    def _noisy(z, u):
-        # as above with MUFU.LG2 (tl.log2 is libdevice's accurate log2f, ~20 instructions each)
-        return tl.inline_asm_elementwise(
+    The 32 random bits of a token are output `lane` of Philox4x32-PHILOX_ROUNDS for counter (group, step, 0,
+    0) and key seed: tl.randint4x(seed, (step << 32) | group, PHILOX_ROUNDS), written out (first round folded,
+    no overflow checks) because the interpreter pays per op. u in (0, 1) takes 23 bits (centred: never 0
+    or 1); -log2(-log2 u) = (G - log log 2) / log 2 for G = -log(-log u), a shift and scale shared by the
+    whole row, so the argmax is that of z + G."""
+    seed = seed.to(tl.int64)
+    k0 = seed.to(tl.uint32)  # truncates
+    k1 = (seed >> 32).to(tl.uint32)
+    c0 = group.to(tl.uint32)
+    c1 = tl.zeros_like(c0)
+    c2 = tl.umulhi(c0, 0xD2511F53) ^ k1
+    c3 = tl.mul(c0, 0xD2511F53, sanitize_overflow=False)
+    c0 = c1 ^ (step.to(tl.int64).to(tl.uint32) ^ k0)
+    for _ in tl.static_range(PHILOX_ROUNDS - 1):
+        k0 = tl.add(k0, 0x9E3779B9, sanitize_overflow=False)
+        k1 = tl.add(k1, 0xBB67AE85, sanitize_overflow=False)
+        n0 = tl.umulhi(c2, 0xCD9E8D57) ^ c1 ^ k0
+        n2 = tl.umulhi(c0, 0xD2511F53) ^ c3 ^ k1
+        c1 = tl.mul(c2, 0xCD9E8D57, sanitize_overflow=False)
+        c3 = tl.mul(c0, 0xD2511F53, sanitize_overflow=False)
+        c0 = n0
+        c2 = n2
+    r = tl.where(lane == 0, c0, tl.where(lane == 1, c1, tl.where(lane == 2, c2, c3)))
+    u = (r >> 9).to(tl.float32) * 1.1920928955078125e-07 + 5.9604644775390625e-08
+    if FAST_LOG:
+        # tl.log2 is libdevice's accurate log2f (~20 instructions); the noise needs only MUFU.LG2
+        sc = tl.inline_asm_elementwise(
             "{ .reg .f32 t; lg2.approx.ftz.f32 t, $2; neg.f32 t, t; lg2.approx.ftz.f32 t, t; neg.f32 t, t;"
             " fma.rn.f32 $0, $1, 0f3FB8AA3B, t; }",
             "=f,f,f", [z, u], dtype=tl.float32, is_pure=True, pack=1)
-
-
-@triton.jit
-def _philox4(seed, step, group):
-    # four uniforms per counter group; counter = (group, step), key = seed
-    off = (step.to(tl.int64) << 32) | group.to(tl.int64)
-    r0, r1, r2, r3 = tl.randint4x(seed, off, PHILOX_ROUNDS)
-    return _uniform(r0), _uniform(r1), _uniform(r2), _uniform(r3)
-
-
-@triton.jit
-def noisy_tile(z, seed, step, tok0, G: tl.constexpr):
-    """Scores of tokens tok0 + [0, 4G) laid out [G, 4] (tok0 % 4 == 0): z / log 2 + Gumbel noise in log2
-    units (argmax equals that of z + G)."""
-    u0, u1, u2, u3 = _philox4(seed, step, tok0 // 4 + tl.arange(0, G))
-    j = tl.arange(0, 4)[None, :]
-    u = tl.where(j == 0, u0[:, None], tl.where(j == 1, u1[:, None], tl.where(j == 2, u2[:, None], u3[:, None])))
-    return _noisy(z, u)
-
-
-@triton.jit
-def noisy_tokens(z, seed, step, tok):
-    """noisy_tile for arbitrary token ids (bitwise the same scores)."""
-    u0, u1, u2, u3 = _philox4(seed, step, tok // 4)
-    j = tok % 4
-    u = tl.where(j == 0, u0, tl.where(j == 1, u1, tl.where(j == 2, u2, u3)))
-    return _noisy(z, u)
+    else:
+        sc = z * 1.4426950408889634 - tl.log2(-tl.log2(u))
+    return sc
 
 
 @triton.jit
@@ -101,12 +90,12 @@ def _scan_block(row_ptr, off, tile, V, inv_t, sampled, seed, step, best_s, best_
     # one [G, 4] block of tokens off + tile: per-lane running winner (strict > keeps the lowest token),
     # and the online (max, sum exp) of z when STATS
     if MASKED:
-        mask = off + tile < V
+        mask = tile < V - off
         z = tl.where(mask, tl.load(row_ptr + off + tile, mask=mask, other=0.0).to(tl.float32) * inv_t, NEG)
     else:
         z = tl.load(row_ptr + off + tile).to(tl.float32) * inv_t
     if sampled:
-        sc = noisy_tile(z, seed, step, off, G)
+        sc = noisy_scores(z, seed, step, (off // 4 + tl.arange(0, G))[:, None], tl.arange(0, 4)[None, :])
     else:
         sc = z
     if MASKED:
@@ -136,7 +125,7 @@ def _sample_partial_kernel(
     STATS: tl.constexpr,  # compute (max, sum exp) for logprobs
     BLOCK: tl.constexpr,
 ):
-    row = tl.program_id(0)
+    row = tl.program_id(0).to(tl.int64)  # int64 index math: also skips the interpreter's overflow checks
     c = tl.program_id(1)
     G: tl.constexpr = BLOCK // 4
     t = tl.load(temp_ptr + row)
@@ -144,8 +133,8 @@ def _sample_partial_kernel(
     inv_t = 1.0 / tl.where(sampled, t, 1.0)
     seed = tl.load(seed_ptr + row)
     step = tl.load(step_ptr + row)
-    tile = tl.arange(0, G)[:, None] * 4 + tl.arange(0, 4)[None, :]
-    row_ptr = logits_ptr + row.to(tl.int64) * stride_row
+    tile = tl.arange(0, G)[:, None] * 4 + tl.arange(0, 4)[None, :]  # four tokens per Philox counter
+    row_ptr = logits_ptr + row * stride_row
     best_s = tl.full([G, 4], float("-inf"), tl.float32)
     best_o = tl.zeros([G, 4], tl.int32)  # block offset of each lane's winner
     m = tl.full([], NEG, tl.float32)
@@ -181,7 +170,7 @@ def _sample_merge_kernel(
     STATS: tl.constexpr,
     CPAD: tl.constexpr,  # next_pow2(C)
 ):
-    row = tl.program_id(0)
+    row = tl.program_id(0).to(tl.int64)
     c = tl.arange(0, CPAD)
     cm = c < C
     part = part_f_ptr + (row * C + c) * 3
@@ -192,7 +181,7 @@ def _sample_merge_kernel(
     tl.store(out_ptr + row, tok.to(tl.int64))
     if STATS:
         t = tl.load(temp_ptr + row)
-        z = tl.load(logits_ptr + row.to(tl.int64) * stride_row + tok).to(tl.float32) * (1.0 / tl.where(t > 0, t, 1.0))
+        z = tl.load(logits_ptr + row * stride_row + tok).to(tl.float32) * (1.0 / tl.where(t > 0, t, 1.0))
         m = tl.load(part + 1, mask=cm, other=NEG)
         s = tl.load(part + 2, mask=cm, other=0.0)
         big = tl.max(m)
@@ -210,11 +199,16 @@ def _check_vec(name, t, n, dtype, device):
         raise ValueError(f"sample: {name} must be contiguous")
 
 
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
 def plan_chunks(B: int, V: int) -> tuple[int, int]:
-    """(chunks per row, tokens per chunk) of the plain path: enough programs to fill the GPU."""
-    n = max(1, min(-(-TARGET_PROGRAMS // next_pow2(B)), -(-V // CHUNK_QUANTUM)))
-    chunk = -(-(-(-V // n)) // CHUNK_QUANTUM) * CHUNK_QUANTUM
-    return -(-V // chunk), chunk
+    """(chunks per row, tokens per chunk) of the plain path: enough programs to fill the GPU. Depends on
+    the batch bucket; draws do not depend on it."""
+    n = max(1, min(_cdiv(TARGET_PROGRAMS, next_pow2(B)), _cdiv(V, CHUNK_QUANTUM)))
+    chunk = _cdiv(_cdiv(V, n), CHUNK_QUANTUM) * CHUNK_QUANTUM
+    return _cdiv(V, chunk), chunk
 
 
 def sample(logits, temperature, seeds, offsets, *, top_k=None, top_p=None, min_p=None, out=None,

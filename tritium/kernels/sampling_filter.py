@@ -30,30 +30,21 @@ import triton
 import triton.language as tl
 
 from tritium.autotune import next_pow2, tuned
-from tritium.kernels.sampling import NEG, noisy_tile, noisy_tokens
+from tritium.kernels.sampling import NEG, noisy_scores
 
 # The chunk (CHUNK = min(FILTER_CHUNK, next_pow2(V)) tokens per program) is fixed by V alone, so sums and
 # candidate sets, and with them every draw, do not depend on the batch or the config.
-FILTER_CONFIGS = [triton.Config({}, num_warps=8), triton.Config({}, num_warps=4)]
-FILTER_CHUNK = 4096
-CAPC = 32  # candidates kept per chunk
-DMAX = 16.0  # widest candidate window below the chunk max (exp(-16) ~ 1e-7 of the max probability)
-NSCHED = 7  # windows tried: 0, DMAX / 2**5, ..., DMAX / 2, DMAX
+FILTER_CONFIGS = [triton.Config({}, num_warps=8), triton.Config({}, num_warps=16)]
+FILTER_CHUNK = 2048
+CAPC = 16  # candidates kept per chunk
+DMAX = 16.0  # widest candidate window below the (chunk or row) max: exp(-16) ~ 1e-7 of the max probability
+NSCHED = 7  # chunk windows tried: 0, DMAX / 2**5, ..., DMAX / 2, DMAX
+NWIN = 256  # most candidates of a row the finishing kernel walks (count and mass by pairwise comparison)
+NRSCHED = 9  # row windows tried: 0, DMAX * 2**(-7/2), ..., DMAX * 2**(-1/2), DMAX
+WB = 16  # window columns per step of the pairwise walk
 NPROBE = 8  # probes per bracketing round of the general kernel
 GENERAL_BLOCK = 512
 MAX_ROUNDS = 100  # a bound only: each round strictly lowers hi to a smaller present value
-
-
-@triton.jit
-def _ordered(z):
-    # fp32 -> int32 whose signed order is the float order
-    b = z.to(tl.int32, bitcast=True)
-    return b ^ ((b >> 31) & 0x7FFFFFFF)
-
-
-@triton.jit
-def _unordered(o):
-    return (o ^ ((o >> 31) & 0x7FFFFFFF)).to(tl.float32, bitcast=True)
 
 
 @triton.jit
@@ -63,7 +54,7 @@ def _filter_partial_kernel(
     temp_ptr,  # [B] fp32
     seed_ptr,  # [B] int64
     step_ptr,  # [B] int64
-    part_f_ptr,  # [B, C, 6] fp32 out: best score, its z, max z, sum exp(z - max), min z, floor F_c
+    part_f_ptr,  # [B, C, 5] fp32 out: best score, max z, sum exp(z - max), min z, floor F_c
     part_i_ptr,  # [B, C, 2] int32 out: best token, number of candidates
     cand_z_ptr,  # [B, C, CAPC] fp32 out: candidate z
     cand_i_ptr,  # [B, C, CAPC] int32 out: candidate token
@@ -73,7 +64,7 @@ def _filter_partial_kernel(
     NSCHED: tl.constexpr,
     CHUNK: tl.constexpr,  # tokens per program (power of two >= 4)
 ):
-    row = tl.program_id(0)
+    row = tl.program_id(0).to(tl.int64)
     c = tl.program_id(1)
     slot = row * tl.num_programs(1) + c
     G: tl.constexpr = CHUNK // 4
@@ -82,38 +73,37 @@ def _filter_partial_kernel(
     inv_t = 1.0 / tl.where(sampled, t, 1.0)
     tok = c * CHUNK + tl.arange(0, G)[:, None] * 4 + tl.arange(0, 4)[None, :]
     mask = tok < V
-    x = tl.load(logits_ptr + row.to(tl.int64) * stride_row + tok, mask=mask, other=0.0).to(tl.float32)
+    x = tl.load(logits_ptr + row * stride_row + tok, mask=mask, other=0.0).to(tl.float32)
     z = tl.where(mask, tl.maximum(x * inv_t, NEG), NEG)
     if sampled:
-        sc = noisy_tile(z, tl.load(seed_ptr + row), tl.load(step_ptr + row), c * CHUNK, G)
+        sc = noisy_scores(z, tl.load(seed_ptr + row), tl.load(step_ptr + row), (c * G + tl.arange(0, G))[:, None],
+                          tl.arange(0, 4)[None, :])
     else:
         sc = z
     sc = tl.where(mask, sc, float("-inf"))
     best = tl.max(sc)
-    best_i = tl.min(tl.where(sc == best, tok, 2147483647))
     m = tl.max(z)
-    # candidate window: the widest D of the schedule with at most CAPC tokens in [m - D, m]
-    d_sel = -1.0
-    for k in tl.static_range(NSCHED):
-        d = 0.0 if k == 0 else DMAX / (2 ** (NSCHED - 1 - k))
-        n = tl.sum((mask & (z >= m - d)).to(tl.int32))
-        d_sel = tl.where(n <= CAPC, d, d_sel)
-    floor = tl.where(d_sel >= 0, m - d_sel, float("inf"))  # +inf: too many ties, no candidates
+    if CHUNK <= CAPC:
+        floor = tl.full([], float("-inf"), tl.float32)  # every token is a candidate
+    else:
+        # candidate window: the widest D of the schedule with at most CAPC tokens in [m - D, m]
+        d_sel = -1.0
+        for k in tl.static_range(NSCHED):
+            d = 0.0 if k == 0 else DMAX / (2 ** (NSCHED - 1 - k))
+            d_sel = tl.where(tl.sum((mask & (z >= m - d)).to(tl.int32)) <= CAPC, d, d_sel)
+        floor = tl.where(d_sel >= 0, m - d_sel, float("inf"))  # +inf: too many ties at the max: none
     sel = mask & (z >= floor)
-    n_row = tl.sum(sel.to(tl.int32), 1)
-    pos = (tl.cumsum(n_row, 0) - n_row)[:, None] + tl.cumsum(sel.to(tl.int32), 1) - 1
-    ok = sel & (pos < CAPC)
-    tl.store(cand_z_ptr + slot * CAPC + pos, z, mask=ok)
-    tl.store(cand_i_ptr + slot * CAPC + pos, tok, mask=ok)
-    out = part_f_ptr + slot * 6
+    pos = tl.reshape(tl.cumsum(tl.reshape(sel.to(tl.int32), [CHUNK]), 0), [G, 4]) - 1
+    tl.store(cand_z_ptr + slot * CAPC + pos, z, mask=sel)
+    tl.store(cand_i_ptr + slot * CAPC + pos, tok, mask=sel)
+    out = part_f_ptr + slot * 5
     tl.store(out, best)
-    tl.store(out + 1, tl.max(tl.where(tok == best_i, z, NEG)))
-    tl.store(out + 2, m)
-    tl.store(out + 3, tl.sum(tl.exp(z - m)))
-    tl.store(out + 4, tl.min(tl.where(mask, z, float("inf"))))
-    tl.store(out + 5, floor)
-    tl.store(part_i_ptr + slot * 2, best_i)
-    tl.store(part_i_ptr + slot * 2 + 1, tl.sum(ok.to(tl.int32)))
+    tl.store(out + 1, m)
+    tl.store(out + 2, tl.sum(tl.exp(z - m)))
+    tl.store(out + 3, tl.min(tl.where(mask, z, float("inf"))))
+    tl.store(out + 4, floor)
+    tl.store(part_i_ptr + slot * 2, tl.min(tl.where(sc == best, tok, 2147483647)))
+    tl.store(part_i_ptr + slot * 2 + 1, tl.max(pos) + 1)
 
 
 @triton.jit
@@ -128,72 +118,97 @@ def _row_params(temp_ptr, topk_ptr, topp_ptr, minp_ptr, row, HAS_K: tl.constexpr
 
 @triton.jit
 def _filter_finish_kernel(
-    part_f_ptr,  # [B, C, 6] fp32 from _filter_partial_kernel
+    logits_ptr,  # [B, V] (the winner's logit, for logprobs of unfiltered rows)
+    stride_row,
+    part_f_ptr,  # [B, C, 5] fp32 from _filter_partial_kernel
     part_i_ptr,  # [B, C, 2] int32
     cand_z_ptr,  # [B, C, CAPC] fp32
     cand_i_ptr,  # [B, C, CAPC] int32
+    win_z_ptr,  # [B, NWIN] fp32 scratch: the row's window of candidates
+    win_i_ptr,  # [B, NWIN] int32 scratch
     temp_ptr, seed_ptr, step_ptr,  # [B] fp32, int64, int64
     topk_ptr, topp_ptr, minp_ptr,  # [B] int32, fp32, fp32 (dummies when HAS_* is off)
-    out_ptr,  # [B] int64 out: token (resolved rows)
-    lp_ptr,  # [B] fp32 out: logprob (resolved rows, if LOGPROBS)
+    out_ptr,  # [B] int64 out: token (finished rows)
+    lp_ptr,  # [B] fp32 out: logprob (finished rows, if LOGPROBS)
     row_f_ptr,  # [B, 3] fp32 out: max z, sum exp(z - max), min z (for the general kernel)
     state_ptr,  # [B] int32 out: 0 done, 1 pending
     V, C,
     HAS_K: tl.constexpr, HAS_P: tl.constexpr, HAS_MINP: tl.constexpr, LOGPROBS: tl.constexpr,
-    CAPC: tl.constexpr, CPAD: tl.constexpr, NSORT: tl.constexpr,  # CPAD >= C, NSORT >= C * CAPC
+    CAPC: tl.constexpr, CPAD: tl.constexpr, NCAND: tl.constexpr,  # CPAD >= C, NCAND >= C * CAPC
+    NWIN: tl.constexpr, WB: tl.constexpr, DMAX: tl.constexpr, NRSCHED: tl.constexpr,
 ):
-    row = tl.program_id(0)
+    row = tl.program_id(0).to(tl.int64)
     t, k, p, mp = _row_params(temp_ptr, topk_ptr, topp_ptr, minp_ptr, row, HAS_K, HAS_P, HAS_MINP)
     c = tl.arange(0, CPAD)
     cm = c < C
-    part = part_f_ptr + (row * C + c) * 6
-    sc = tl.load(part, mask=cm, other=float("-inf"))
-    m = tl.load(part + 2, mask=cm, other=NEG)
+    part = part_f_ptr + (row * C + c) * 5
+    m = tl.load(part + 1, mask=cm, other=NEG)
     big = tl.max(m)
-    total = tl.sum(tl.load(part + 3, mask=cm, other=0.0) * tl.exp(m - big))
-    floor = tl.max(tl.load(part + 5, mask=cm, other=float("-inf")))
-    win = tl.max(sc)
-    pick = tl.min(tl.where(cm & (sc == win), c, CPAD))
-    tok = tl.load(part_i_ptr + (row * C + pick) * 2)
-    lp = tl.load(part_f_ptr + (row * C + pick) * 6 + 1) - big - tl.log(total)
-    # candidates of all chunks, sorted by z (descending) via packed (ordered z, token) keys
-    s = tl.arange(0, NSORT)
-    sc_c = s // CAPC
-    valid = (sc_c < C) & (s % CAPC < tl.load(part_i_ptr + (row * C + sc_c) * 2 + 1, mask=sc_c < C, other=0))
-    at = (row * C + sc_c) * CAPC + s % CAPC
-    cz = tl.load(cand_z_ptr + at, mask=valid, other=0.0)
-    ci = tl.load(cand_i_ptr + at, mask=valid, other=0)
-    key = tl.where(valid, (_ordered(cz).to(tl.int64) << 32) | ci.to(tl.int64), -(2**63))
-    key = tl.sort(key, descending=True)
-    zs = _unordered((key >> 32).to(tl.int32))
-    ids = (key & 0xFFFFFFFF).to(tl.int32)
-    vs = key != -(2**63)
-    e = tl.where(vs, tl.exp(zs - big), 0.0)
-    # (scalar thresholds, not scalar & vector masks: the interpreter mis-broadcasts scalar booleans)
-    k_on = tl.where(k > 0, tl.minimum(k, V), 2147483647)
-    mass_on = tl.where(p < 1.0, p * total, float("inf"))
-    hit = vs & ((s + 1 >= k_on) | (tl.cumsum(e, 0) >= mass_on))
-    first = tl.min(tl.where(hit, s, NSORT))
-    vstar = tl.max(tl.where(s == first, zs, float("-inf")))  # -inf when not found
-    thr = tl.where((k > 0) | (p < 1.0), vstar, float("-inf"))
-    thr = tl.minimum(tl.maximum(thr, tl.where(mp > 0, big + tl.log(mp), float("-inf"))), big)
-    filtered = (k > 0) | (p < 1.0) | (mp > 0)
-    # v* found below F is not exact, but then the true v* is below F too: only thr >= F matters
-    done = (filtered == 0) | (thr >= floor)
-    kept = vs & (zs >= thr)
-    score = tl.where(t > 0, noisy_tokens(zs, tl.load(seed_ptr + row), tl.load(step_ptr + row), ids), zs)
-    score = tl.where(kept, score, float("-inf"))
-    best = tl.max(score)
-    ftok = tl.min(tl.where(kept & (score == best), ids, 2147483647))
-    fz = tl.max(tl.where(ids == ftok, zs, NEG))
-    flp = fz - big - tl.log(tl.sum(tl.where(kept, e, 0.0)))
-    tl.store(out_ptr + row, tl.where(filtered, ftok, tok).to(tl.int64), mask=done)
-    if LOGPROBS:
-        tl.store(lp_ptr + row, tl.where(filtered, flp, lp), mask=done)
-    tl.store(state_ptr + row, tl.where(done, 0, 1))
+    total = tl.sum(tl.load(part + 2, mask=cm, other=0.0) * tl.exp(m - big))
     tl.store(row_f_ptr + row * 3, big)
     tl.store(row_f_ptr + row * 3 + 1, total)
-    tl.store(row_f_ptr + row * 3 + 2, tl.min(tl.load(part + 4, mask=cm, other=float("inf"))))
+    tl.store(row_f_ptr + row * 3 + 2, tl.min(tl.load(part + 3, mask=cm, other=float("inf"))))
+    if (k <= 0) & (p >= 1.0) & (mp <= 0):  # no filter on this row: the plain winner
+        sc = tl.load(part, mask=cm, other=float("-inf"))
+        pick = tl.min(tl.where(cm & (sc == tl.max(sc)), c, CPAD))
+        tok = tl.load(part_i_ptr + (row * C + pick) * 2)
+        tl.store(out_ptr + row, tok.to(tl.int64))
+        if LOGPROBS:
+            z = tl.load(logits_ptr + row * stride_row + tok).to(tl.float32) / tl.where(t > 0, t, 1.0)
+            tl.store(lp_ptr + row, z - big - tl.log(total))
+        tl.store(state_ptr + row, 0)
+    else:
+        # candidates of all chunks; the row's window: the widest z >= max - D with at most NWIN of them
+        s = tl.arange(0, NCAND)
+        ch = s // CAPC
+        valid = (ch < C) & (s % CAPC < tl.load(part_i_ptr + (row * C + ch) * 2 + 1, mask=ch < C, other=0))
+        cz = tl.load(cand_z_ptr + (row * C + ch) * CAPC + s % CAPC, mask=valid, other=NEG)
+        # every token with z >= floor is a candidate (chunk floors) and in the window (its own floor)
+        floor = tl.max(tl.load(part + 4, mask=cm, other=float("-inf")))
+        if NCAND > NWIN:
+            d_sel = -1.0
+            for i in tl.static_range(NRSCHED):  # D = 0 and DMAX * 2**(-j/2), j = NRSCHED - 2 .. 0
+                d = 0.0 if i == 0 else DMAX * 0.5 ** ((NRSCHED - 1 - i) / 2)
+                d_sel = tl.where(tl.sum((valid & (cz >= big - d)).to(tl.int32)) <= NWIN, d, d_sel)
+            floor = tl.maximum(floor, tl.where(d_sel >= 0, big - d_sel, float("inf")))
+        sel = valid & (cz >= floor)
+        pos = tl.cumsum(sel.to(tl.int32), 0) - 1
+        tl.store(win_z_ptr + row * NWIN + pos, cz, mask=sel)
+        tl.store(win_i_ptr + row * NWIN + pos, tl.load(cand_i_ptr + (row * C + ch) * CAPC + s % CAPC, mask=sel),
+                 mask=sel)
+        tl.debug_barrier()  # the window was written by other threads of this program
+        n_win = tl.sum(sel.to(tl.int32))
+        w = tl.arange(0, NWIN)
+        wv = w < n_win
+        wz = tl.load(win_z_ptr + row * NWIN + w, mask=wv, other=NEG)
+        wi = tl.load(win_i_ptr + row * NWIN + w, mask=wv, other=0)
+        e = tl.where(wv, tl.exp(wz - big), 0.0)
+        # count and mass at or above each window value (exact for values >= floor), WB columns at a time
+        cnt = tl.zeros([NWIN], tl.int32)
+        mass = tl.zeros([NWIN], tl.float32)
+        for j0 in range(0, NWIN, WB):
+            j = j0 + tl.arange(0, WB)
+            zj = tl.load(win_z_ptr + row * NWIN + j, mask=j < n_win, other=NEG)
+            ge = (j < n_win)[None, :] & (zj[None, :] >= wz[:, None])
+            cnt += tl.sum(ge.to(tl.int32), 1)
+            mass += tl.sum(tl.where(ge, tl.exp(zj - big)[None, :], 0.0), 1)
+        # (scalar thresholds, not scalar & vector masks: the interpreter mis-broadcasts scalar booleans)
+        k_on = tl.where(k > 0, tl.minimum(k, V), 2147483647)
+        mass_on = tl.where(p < 1.0, p * total, float("inf"))
+        vstar = tl.max(tl.where(wv & ((cnt >= k_on) | (mass >= mass_on)), wz, float("-inf")))
+        thr = tl.where((k > 0) | (p < 1.0), vstar, float("-inf"))
+        thr = tl.minimum(tl.maximum(thr, tl.where(mp > 0, big + tl.log(tl.where(mp > 0, mp, 1.0)), float("-inf"))), big)
+        # v* computed below the floor may be too low, but then the true one is below the floor too
+        done = thr >= floor
+        kept = wv & (wz >= thr)
+        score = tl.where(t > 0, noisy_scores(wz, tl.load(seed_ptr + row), tl.load(step_ptr + row), wi // 4, wi % 4), wz)
+        score = tl.where(kept, score, float("-inf"))
+        ftok = tl.min(tl.where(kept & (score == tl.max(score)), wi, 2147483647))
+        tl.store(out_ptr + row, ftok.to(tl.int64), mask=done)
+        if LOGPROBS:
+            fz = tl.max(tl.where(wi == ftok, wz, NEG))
+            tl.store(lp_ptr + row, fz - big - tl.log(tl.sum(tl.where(kept, e, 0.0))), mask=done)
+        tl.store(state_ptr + row, tl.where(done, 0, 1))
 
 
 @triton.jit
@@ -210,7 +225,7 @@ def _filter_general_kernel(
     HAS_K: tl.constexpr, HAS_P: tl.constexpr, HAS_MINP: tl.constexpr, LOGPROBS: tl.constexpr,
     NP: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    row = tl.program_id(0)
+    row = tl.program_id(0).to(tl.int64)
     if tl.load(state_ptr + row) == 0:
         return
     t, k, p, mp = _row_params(temp_ptr, topk_ptr, topp_ptr, minp_ptr, row, HAS_K, HAS_P, HAS_MINP)
@@ -221,7 +236,7 @@ def _filter_general_kernel(
     mass_on = tl.where(p < 1.0, p * tl.load(row_f_ptr + row * 3 + 1), float("inf"))
     lo = tl.load(row_f_ptr + row * 3 + 2)  # present, and v* >= lo always
     hi = big  # present; v* <= hi
-    row_ptr = logits_ptr + row.to(tl.int64) * stride_row
+    row_ptr = logits_ptr + row * stride_row
     j = tl.arange(0, NP)
     kp = (k > 0) | (p < 1.0)
     rounds = 0
@@ -248,7 +263,7 @@ def _filter_general_kernel(
         hi = tl.where(a == NP, lo, tl.max(tl.where(j == a, hi_next, float("-inf"))))
         rounds += 1
     thr = tl.where(kp, lo, float("-inf"))
-    thr = tl.minimum(tl.maximum(thr, tl.where(mp > 0, big + tl.log(mp), float("-inf"))), big)
+    thr = tl.minimum(tl.maximum(thr, tl.where(mp > 0, big + tl.log(tl.where(mp > 0, mp, 1.0)), float("-inf"))), big)
     # draw among z >= thr
     G: tl.constexpr = BLOCK // 4
     seed = tl.load(seed_ptr + row)
@@ -264,7 +279,7 @@ def _filter_general_kernel(
         z = tl.maximum(tl.load(row_ptr + tok, mask=mask, other=0.0).to(tl.float32) * inv_t, NEG)
         kept = mask & (z >= thr)
         if sampled:
-            sc = noisy_tile(z, seed, step, off, G)
+            sc = noisy_scores(z, seed, step, (off // 4 + tl.arange(0, G))[:, None], tl.arange(0, 4)[None, :])
         else:
             sc = z
         sc = tl.where(kept, sc, float("-inf"))
@@ -289,17 +304,22 @@ def filter_chunk(V: int) -> int:
 
 
 def sample_filtered(logits, temperature, seeds, offsets, top_k, top_p, min_p, out, logprobs_out, config=None,
-                    state=None):
+                    state=None, force_general=False):
     """Launch the three kernels (inputs already validated by sampling.sample). `state`, if given ([B]
-    int32), receives 0 for rows finished by the candidate pass, 1 for rows the general kernel drew."""
+    int32), receives 0 for rows finished from the candidates, 1 for rows the general kernel drew.
+    force_general (tests) sends every row through the general kernel."""
     B, V = logits.shape
     dev = logits.device
     chunk = filter_chunk(V)
     C = -(-V // chunk)
-    part_f = torch.empty((B, C, 6), dtype=torch.float32, device=dev)
+    part_f = torch.empty((B, C, 5), dtype=torch.float32, device=dev)
     part_i = torch.empty((B, C, 2), dtype=torch.int32, device=dev)
     cand_z = torch.empty((B, C, CAPC), dtype=torch.float32, device=dev)
     cand_i = torch.empty((B, C, CAPC), dtype=torch.int32, device=dev)
+    ncand = next_pow2(C * CAPC)
+    nwin = min(NWIN, ncand)
+    win_z = torch.empty((B, nwin), dtype=torch.float32, device=dev)
+    win_i = torch.empty((B, nwin), dtype=torch.int32, device=dev)
     row_f = torch.empty((B, 3), dtype=torch.float32, device=dev)
     state = torch.empty(B, dtype=torch.int32, device=dev) if state is None else state
     _FILTER_PARTIAL((B, C), logits, logits.stride(0), temperature, seeds, offsets, part_f, part_i, cand_z,
@@ -310,9 +330,12 @@ def sample_filtered(logits, temperature, seeds, offsets, top_k, top_p, min_p, ou
     filt = (top_k if top_k is not None else dummy, top_p if top_p is not None else dummy,
             min_p if min_p is not None else dummy)
     lp = logprobs_out if logprobs_out is not None else row_f
-    _filter_finish_kernel[(B,)](part_f, part_i, cand_z, cand_i, temperature, seeds, offsets, *filt, out, lp,
-                                row_f, state, V, C, **flags, CAPC=CAPC, CPAD=next_pow2(C),
-                                NSORT=next_pow2(C * CAPC), num_warps=4)
+    _filter_finish_kernel[(B,)](logits, logits.stride(0), part_f, part_i, cand_z, cand_i, win_z, win_i, temperature, seeds, offsets,
+                                *filt, out, lp, row_f, state, V, C, **flags, CAPC=CAPC, CPAD=next_pow2(C),
+                                NCAND=ncand, NWIN=nwin, WB=min(WB, nwin), DMAX=DMAX, NRSCHED=NRSCHED,
+                                num_warps=4)
+    if force_general:
+        state.fill_(1)
     _filter_general_kernel[(B,)](logits, logits.stride(0), temperature, seeds, offsets, *filt, row_f, state,
                                  out, lp, V, MAX_ROUNDS, **flags, NP=NPROBE, BLOCK=GENERAL_BLOCK, num_warps=8)
     return out
