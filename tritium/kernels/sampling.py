@@ -16,8 +16,8 @@ Shapes and dtypes (not in place): logits [B, V] fp32 / bf16 / fp16 with a contig
 (0 = off); out [B] int64; logprobs_out [B] fp32.
 
 Plain path (no filter tensor given): grid (B, chunks) programs each reduce a slice of the vocabulary to
-its winner (score, token, z) and, for logprobs, its (max, sum exp); a (B,) merge picks the winner of
-winners. Logits are read once. The filter path lives in sampling_filter.py.
+its winner (score, token) and, for logprobs, its (max, sum exp); a (B,) merge picks the winner of winners.
+Logits are read once. The filter path lives in sampling_filter.py.
 """
 from __future__ import annotations
 
@@ -85,21 +85,24 @@ def noisy_scores(z, seed, step, group, lane):
 
 
 @triton.jit
-def _scan_block(row_ptr, off, tile, V, inv_t, sampled, seed, step, best_s, best_o, m, s,
-                MASKED: tl.constexpr, STATS: tl.constexpr, G: tl.constexpr):
-    # one [G, 4] block of tokens off + tile: per-lane running winner (strict > keeps the lowest token),
-    # and the online (max, sum exp) of z when STATS
+def scan_block(row_ptr, off, tile, V, inv_t, sampled, seed, step, thr, best_s, best_o, m, s,
+               MASKED: tl.constexpr, STATS: tl.constexpr, THRESH: tl.constexpr, G: tl.constexpr):
+    """One [G, 4] block of tokens off + tile (tile = [G, 4] offsets): update the per-lane running winner
+    (strict > keeps the lowest token) and, if STATS, the online (max, sum exp) of z. THRESH: only tokens
+    with z >= thr take part."""
     if MASKED:
         mask = tile < V - off
         z = tl.where(mask, tl.load(row_ptr + off + tile, mask=mask, other=0.0).to(tl.float32) * inv_t, NEG)
     else:
         z = tl.load(row_ptr + off + tile).to(tl.float32) * inv_t
+    if THRESH:
+        z = tl.where(z >= thr, z, NEG)
     if sampled:
         sc = noisy_scores(z, seed, step, (off // 4 + tl.arange(0, G))[:, None], tl.arange(0, 4)[None, :])
     else:
         sc = z
-    if MASKED:
-        sc = tl.where(mask, sc, float("-inf"))
+    if MASKED or THRESH:
+        sc = tl.where(z > NEG, sc, float("-inf"))
     better = sc > best_s
     best_s = tl.where(better, sc, best_s)
     best_o = tl.where(better, off, best_o)
@@ -143,11 +146,11 @@ def _sample_partial_kernel(
     end = tl.minimum(start + chunk, V)
     full_end = start + (end - start) // BLOCK * BLOCK
     for off in range(start, full_end, BLOCK):  # full blocks: no masks
-        best_s, best_o, m, s = _scan_block(row_ptr, off, tile, V, inv_t, sampled, seed, step, best_s, best_o,
-                                           m, s, False, STATS, G)
+        best_s, best_o, m, s = scan_block(row_ptr, off, tile, V, inv_t, sampled, seed, step, NEG, best_s,
+                                          best_o, m, s, False, STATS, False, G)
     for off in range(full_end, end, BLOCK):  # the ragged tail, at most once
-        best_s, best_o, m, s = _scan_block(row_ptr, off, tile, V, inv_t, sampled, seed, step, best_s, best_o,
-                                           m, s, True, STATS, G)
+        best_s, best_o, m, s = scan_block(row_ptr, off, tile, V, inv_t, sampled, seed, step, NEG, best_s,
+                                          best_o, m, s, True, STATS, False, G)
     win = tl.max(best_s)
     part = part_f_ptr + (row * tl.num_programs(1) + c) * 3
     tl.store(part, win)
@@ -176,7 +179,7 @@ def _sample_merge_kernel(
     part = part_f_ptr + (row * C + c) * 3
     sc = tl.load(part, mask=cm, other=float("-inf"))
     best = tl.max(sc)
-    pick = tl.min(tl.where(cm & (sc == best), c, CPAD))  # lowest chunk among ties = lowest token
+    pick = tl.minimum(tl.min(tl.where(cm & (sc == best), c, CPAD)), C - 1)  # lowest chunk among ties
     tok = tl.load(part_i_ptr + row * C + pick)
     tl.store(out_ptr + row, tok.to(tl.int64))
     if STATS:

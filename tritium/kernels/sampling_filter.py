@@ -30,7 +30,7 @@ import triton
 import triton.language as tl
 
 from tritium.autotune import next_pow2, tuned
-from tritium.kernels.sampling import NEG, noisy_scores
+from tritium.kernels.sampling import NEG, noisy_scores, scan_block
 
 # The chunk (CHUNK = min(FILTER_CHUNK, next_pow2(V)) tokens per program) is fixed by V alone, so sums and
 # candidate sets, and with them every draw, do not depend on the batch or the config.
@@ -44,7 +44,7 @@ NRSCHED = 9  # row windows tried: 0, DMAX * 2**(-7/2), ..., DMAX * 2**(-1/2), DM
 WB = 16  # window columns per step of the pairwise walk
 NPROBE = 8  # probes per bracketing round of the general kernel
 GENERAL_BLOCK = 512
-MAX_ROUNDS = 100  # a bound only: each round strictly lowers hi to a smaller present value
+MAX_ROUNDS = 64  # a bound only: each round lowers hi to a smaller present value, by ~NP x in width
 
 
 @triton.jit
@@ -117,6 +117,38 @@ def _row_params(temp_ptr, topk_ptr, topp_ptr, minp_ptr, row, HAS_K: tl.constexpr
 
 
 @triton.jit
+def _predicate_bounds(k, p, V, total):
+    # top-k / top-p hold at v when count(z >= v) >= k_on or mass(z >= v) >= mass_on (off: unreachable).
+    # Scalars, not scalar & vector masks: the interpreter mis-broadcasts scalar booleans.
+    return tl.where(k > 0, tl.minimum(k, V), 2147483647), tl.where(p < 1.0, p * total, float("inf"))
+
+
+@triton.jit
+def _walk(win_ptr, n_win, base_cnt, base_mass, big, k_on, mass_on, NWIN: tl.constexpr, WB: tl.constexpr):
+    """v*: the largest of the n_win values in win_ptr[:NWIN] at which the predicate holds, counting base_cnt
+    tokens (mass base_mass) above all of them; -inf if none. Counts by pairwise comparison, WB at a time."""
+    w = tl.arange(0, NWIN)
+    wz = tl.load(win_ptr + w, mask=w < n_win, other=NEG)
+    cnt = tl.zeros([NWIN], tl.int32) + base_cnt
+    mass = tl.zeros([NWIN], tl.float32) + base_mass
+    for j0 in range(0, NWIN, WB):
+        j = j0 + tl.arange(0, WB)
+        zj = tl.load(win_ptr + j, mask=j < n_win, other=NEG)
+        ge = (j < n_win)[None, :] & (zj[None, :] >= wz[:, None])
+        cnt += tl.sum(ge.to(tl.int32), 1)
+        mass += tl.sum(tl.where(ge, tl.exp(zj - big)[None, :], 0.0), 1)
+    return tl.max(tl.where((w < n_win) & ((cnt >= k_on) | (mass >= mass_on)), wz, float("-inf")))
+
+
+@triton.jit
+def _threshold(vstar, k, p, mp, big):
+    # kept: z >= thr (v* from top-k / top-p, raised by min-p; never above the max)
+    thr = tl.where((k > 0) | (p < 1.0), vstar, float("-inf"))
+    thr = tl.maximum(thr, tl.where(mp > 0, big + tl.log(tl.where(mp > 0, mp, 1.0)), float("-inf")))
+    return tl.minimum(thr, big)
+
+
+@triton.jit
 def _filter_finish_kernel(
     logits_ptr,  # [B, V] (the winner's logit, for logprobs of unfiltered rows)
     stride_row,
@@ -178,26 +210,14 @@ def _filter_finish_kernel(
                  mask=sel)
         tl.debug_barrier()  # the window was written by other threads of this program
         n_win = tl.sum(sel.to(tl.int32))
+        k_on, mass_on = _predicate_bounds(k, p, V, total)
+        # counts are exact for window values >= floor
+        thr = _threshold(_walk(win_z_ptr + row * NWIN, n_win, 0, 0.0, big, k_on, mass_on, NWIN, WB), k, p, mp, big)
         w = tl.arange(0, NWIN)
         wv = w < n_win
         wz = tl.load(win_z_ptr + row * NWIN + w, mask=wv, other=NEG)
         wi = tl.load(win_i_ptr + row * NWIN + w, mask=wv, other=0)
         e = tl.where(wv, tl.exp(wz - big), 0.0)
-        # count and mass at or above each window value (exact for values >= floor), WB columns at a time
-        cnt = tl.zeros([NWIN], tl.int32)
-        mass = tl.zeros([NWIN], tl.float32)
-        for j0 in range(0, NWIN, WB):
-            j = j0 + tl.arange(0, WB)
-            zj = tl.load(win_z_ptr + row * NWIN + j, mask=j < n_win, other=NEG)
-            ge = (j < n_win)[None, :] & (zj[None, :] >= wz[:, None])
-            cnt += tl.sum(ge.to(tl.int32), 1)
-            mass += tl.sum(tl.where(ge, tl.exp(zj - big)[None, :], 0.0), 1)
-        # (scalar thresholds, not scalar & vector masks: the interpreter mis-broadcasts scalar booleans)
-        k_on = tl.where(k > 0, tl.minimum(k, V), 2147483647)
-        mass_on = tl.where(p < 1.0, p * total, float("inf"))
-        vstar = tl.max(tl.where(wv & ((cnt >= k_on) | (mass >= mass_on)), wz, float("-inf")))
-        thr = tl.where((k > 0) | (p < 1.0), vstar, float("-inf"))
-        thr = tl.minimum(tl.maximum(thr, tl.where(mp > 0, big + tl.log(tl.where(mp > 0, mp, 1.0)), float("-inf"))), big)
         # v* computed below the floor may be too low, but then the true one is below the floor too
         done = thr >= floor
         kept = wv & (wz >= thr)
@@ -219,11 +239,12 @@ def _filter_general_kernel(
     topk_ptr, topp_ptr, minp_ptr,  # [B] int32, fp32, fp32
     row_f_ptr,  # [B, 3] fp32: max z, sum exp(z - max), min z
     state_ptr,  # [B] int32: only rows with 1 are worked on
+    win_ptr,  # [B, NWIN] fp32 scratch
     out_ptr,  # [B] int64 out
     lp_ptr,  # [B] fp32 out (if LOGPROBS)
     V, max_rounds,
     HAS_K: tl.constexpr, HAS_P: tl.constexpr, HAS_MINP: tl.constexpr, LOGPROBS: tl.constexpr,
-    NP: tl.constexpr, BLOCK: tl.constexpr,
+    NWIN: tl.constexpr, WB: tl.constexpr, NP: tl.constexpr, BLOCK: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     if tl.load(state_ptr + row) == 0:
@@ -232,15 +253,18 @@ def _filter_general_kernel(
     sampled = t > 0
     inv_t = 1.0 / tl.where(sampled, t, 1.0)
     big = tl.load(row_f_ptr + row * 3)
-    k_on = tl.where(k > 0, tl.minimum(k, V), 2147483647)
-    mass_on = tl.where(p < 1.0, p * tl.load(row_f_ptr + row * 3 + 1), float("inf"))
-    lo = tl.load(row_f_ptr + row * 3 + 2)  # present, and v* >= lo always
-    hi = big  # present; v* <= hi
+    k_on, mass_on = _predicate_bounds(k, p, V, tl.load(row_f_ptr + row * 3 + 1))
+    # bracket [lo, hi] of present values holding v*; n_lo tokens at or above lo, n_hi (mass m_hi) above hi
+    lo = tl.load(row_f_ptr + row * 3 + 2)  # the min: v* >= it (keep all if the predicate never holds)
+    hi = big
+    n_lo = V
+    n_hi = 0
+    m_hi = 0.0
     row_ptr = logits_ptr + row * stride_row
     j = tl.arange(0, NP)
     kp = (k > 0) | (p < 1.0)
     rounds = 0
-    while kp & (hi > lo) & (rounds < max_rounds):
+    while kp & (hi > lo) & (n_lo - n_hi > NWIN) & (rounds < max_rounds):
         probe = tl.where(j == NP - 1, hi, lo + (hi - lo) * ((j + 1).to(tl.float32) / NP))
         cnt = tl.zeros([NP], tl.int32)
         mass = tl.zeros([NP], tl.float32)
@@ -249,51 +273,51 @@ def _filter_general_kernel(
         for off in range(0, V, BLOCK):
             o = off + tl.arange(0, BLOCK)
             mk = (o < V)[None, :]
-            x = tl.load(row_ptr + o, mask=o < V, other=0.0).to(tl.float32)
-            z = tl.maximum(x * inv_t, NEG)[None, :]
+            z = tl.maximum(tl.load(row_ptr + o, mask=o < V, other=0.0).to(tl.float32) * inv_t, NEG)[None, :]
             ge = mk & (z >= probe[:, None])
-            lt = mk & (z < probe[:, None])
             cnt += tl.sum(ge.to(tl.int32), 1)
             mass += tl.sum(tl.where(ge, tl.exp(z - big), 0.0), 1)
             lo_next = tl.minimum(lo_next, tl.min(tl.where(ge, z, float("inf")), 1))
-            hi_next = tl.maximum(hi_next, tl.max(tl.where(lt, z, float("-inf")), 1))
+            hi_next = tl.maximum(hi_next, tl.max(tl.where(mk & (z < probe[:, None]), z, float("-inf")), 1))
         # the predicate falls with the probe: probes [0, a) hold it, [a, NP) do not
         a = tl.sum(((cnt >= k_on) | (mass >= mass_on)).to(tl.int32))
         lo = tl.where(a > 0, tl.max(tl.where(j == a - 1, lo_next, float("-inf"))), lo)
-        hi = tl.where(a == NP, lo, tl.max(tl.where(j == a, hi_next, float("-inf"))))
+        n_lo = tl.where(a > 0, tl.max(tl.where(j == a - 1, cnt, 0)), n_lo)
+        hi = tl.where(a == NP, lo, tl.max(tl.where(j == a, hi_next, float("-inf"))))  # a == NP: v* = hi
+        n_hi = tl.where(a == NP, n_hi, tl.max(tl.where(j == a, cnt, 0)))
+        m_hi = tl.where(a == NP, m_hi, tl.max(tl.where(j == a, mass, 0.0)))
         rounds += 1
-    thr = tl.where(kp, lo, float("-inf"))
-    thr = tl.minimum(tl.maximum(thr, tl.where(mp > 0, big + tl.log(tl.where(mp > 0, mp, 1.0)), float("-inf"))), big)
-    # draw among z >= thr
+    vstar = lo
+    if kp & (hi > lo):  # at most NWIN tokens in [lo, hi]: gather them and walk them exactly
+        base = 0
+        for off in range(0, V, BLOCK):
+            o = off + tl.arange(0, BLOCK)
+            z = tl.maximum(tl.load(row_ptr + o, mask=o < V, other=0.0).to(tl.float32) * inv_t, NEG)
+            sel = (o < V) & (z >= lo) & (z <= hi)
+            pos = base + tl.cumsum(sel.to(tl.int32), 0) - 1
+            tl.store(win_ptr + row * NWIN + pos, z, mask=sel & (pos < NWIN))
+            base += tl.sum(sel.to(tl.int32))
+        tl.debug_barrier()  # the window was written by other threads of this program
+        n_win = tl.minimum(base, NWIN)
+        vstar = tl.maximum(_walk(win_ptr + row * NWIN, n_win, n_hi, m_hi, big, k_on, mass_on, NWIN, WB), lo)
+    thr = _threshold(vstar, k, p, mp, big)
+    # draw among z >= thr (the plain path's scan with a threshold)
     G: tl.constexpr = BLOCK // 4
     seed = tl.load(seed_ptr + row)
     step = tl.load(step_ptr + row)
     tile = tl.arange(0, G)[:, None] * 4 + tl.arange(0, 4)[None, :]
     best_s = tl.full([G, 4], float("-inf"), tl.float32)
-    best_z = tl.full([G, 4], NEG, tl.float32)
-    best_i = tl.zeros([G, 4], tl.int32)
-    kept_mass = tl.zeros([G, 4], tl.float32)
+    best_o = tl.zeros([G, 4], tl.int32)
+    m = tl.full([], NEG, tl.float32)
+    s = tl.zeros([], tl.float32)
     for off in range(0, V, BLOCK):
-        tok = off + tile
-        mask = tok < V
-        z = tl.maximum(tl.load(row_ptr + tok, mask=mask, other=0.0).to(tl.float32) * inv_t, NEG)
-        kept = mask & (z >= thr)
-        if sampled:
-            sc = noisy_scores(z, seed, step, (off // 4 + tl.arange(0, G))[:, None], tl.arange(0, 4)[None, :])
-        else:
-            sc = z
-        sc = tl.where(kept, sc, float("-inf"))
-        better = sc > best_s
-        best_s = tl.where(better, sc, best_s)
-        best_z = tl.where(better, z, best_z)
-        best_i = tl.where(better, tok, best_i)
-        kept_mass += tl.where(kept, tl.exp(z - big), 0.0)
-    win = tl.max(best_s)
-    win_i = tl.min(tl.where(best_s == win, best_i, 2147483647))
-    tl.store(out_ptr + row, win_i.to(tl.int64))
+        best_s, best_o, m, s = scan_block(row_ptr, off, tile, V, inv_t, sampled, seed, step, thr, best_s, best_o,
+                                          m, s, True, LOGPROBS, True, G)
+    tok = tl.min(tl.where(best_s == tl.max(best_s), best_o + tile, 2147483647))
+    tl.store(out_ptr + row, tok.to(tl.int64))
     if LOGPROBS:
-        win_z = tl.max(tl.where(best_i == win_i, best_z, NEG))
-        tl.store(lp_ptr + row, win_z - big - tl.log(tl.sum(kept_mass)))
+        z = tl.load(row_ptr + tok).to(tl.float32) * inv_t
+        tl.store(lp_ptr + row, z - m - tl.log(s))
 
 
 _FILTER_PARTIAL = tuned(_filter_partial_kernel, FILTER_CONFIGS, key=["V"])
@@ -337,5 +361,6 @@ def sample_filtered(logits, temperature, seeds, offsets, top_k, top_p, min_p, ou
     if force_general:
         state.fill_(1)
     _filter_general_kernel[(B,)](logits, logits.stride(0), temperature, seeds, offsets, *filt, row_f, state,
-                                 out, lp, V, MAX_ROUNDS, **flags, NP=NPROBE, BLOCK=GENERAL_BLOCK, num_warps=8)
+                                 win_z, out, lp, V, MAX_ROUNDS, **flags, NWIN=nwin, WB=min(WB, nwin), NP=NPROBE,
+                                 BLOCK=GENERAL_BLOCK, num_warps=8)
     return out
