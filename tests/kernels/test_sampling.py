@@ -215,23 +215,29 @@ def test_filtered_equals_plain_on_reference_kept_set(case):
 
 
 def test_candidate_windows_and_general_path(monkeypatch):
-    # small chunks and windows so that chunk windows, the row window and overflow all occur at V = 600
+    # small lanes, chunks and windows so that multi-token lanes, ten chunks, the row window, ties at the
+    # top and the general kernel all occur at V = 600
+    monkeypatch.setattr(F, "FILTER_BLOCK", 16)
     monkeypatch.setattr(F, "FILTER_CHUNK", 64)
     monkeypatch.setattr(F, "NWIN", 32)
     B, V = 6, 600
     g = torch.Generator().manual_seed(5)
     x = torch.randn(B, V, generator=g) * 0.3  # flat rows: large nuclei, left to the general kernel
     x[:3] = torch.randn(3, V, generator=g) * 3  # peaked rows: finished from the candidates
-    x[2, :200] = 4.0  # 64 ties at the max of chunks 0-2: more than CAPC, no candidates there
+    x[2, :200] = 12.0  # 200 ties at the top: no lane maximum stands above the others
     x = x.to(DEV)
     t, seeds, offs = _params(B, temp=[1.0, 0.7, 1.0, 1.0, 0.0, 1.2])
     kw = _filters(B, k=[10, 0, 0, 0, 0, 7], p=[0.8, 0.9, 1.0, 0.9, 0.5, 1.0], mp=[0.0, 0.0, 0.5, 0.0, 0.0, 0.0])
+    keep = keep_mask_ref(_scaled(x, t), **kw)
+    want = _masked_plain(x, t, seeds, offs, keep)
     state = torch.empty(B, dtype=torch.int32, device=DEV)
     tok = torch.empty(B, dtype=torch.int64, device=DEV)
     F.sample_filtered(x, t, seeds, offs, kw["top_k"], kw["top_p"], kw["min_p"], tok, None, state=state)
     assert state.tolist() == [0, 0, 1, 1, 1, 1], state.tolist()
-    keep = keep_mask_ref(_scaled(x, t), **kw)
-    assert torch.equal(tok, _masked_plain(x, t, seeds, offs, keep))
+    assert torch.equal(tok, want)
+    monkeypatch.setattr(F, "CAPC", 2)  # more lane maxima than slots: those chunks give no candidates
+    F.sample_filtered(x, t, seeds, offs, kw["top_k"], kw["top_p"], kw["min_p"], tok, None, state=state)
+    assert torch.equal(tok, want)
 
 
 def test_fp16_draws_match_fp32_of_the_same_values():

@@ -28,8 +28,8 @@ import triton.language as tl
 from tritium.autotune import next_pow2, tuned
 from tritium.platform import INTERPRET
 
-# BLOCK: tokens per loop step (a [BLOCK // 4, 4] tile: four tokens share one Philox call).
-# (8 tokens per thread keeps ~100 registers; 16 per thread needs ~240.)
+# BLOCK: tokens per loop step, a [BLOCK // 4, 4] tile (four tokens per Philox call); 8 per thread (16 need
+# ~240 registers). Key: chunk length, batch bucket, vocabulary.
 CONFIGS = [
     triton.Config({"BLOCK": 1024}, num_warps=4),
     triton.Config({"BLOCK": 2048}, num_warps=8),
@@ -42,7 +42,30 @@ NEG = tl.constexpr(-1.0e30)  # stands for -inf where exp() / subtraction must st
 # Philox4x32 rounds (Triton's tl.randint4x defaults to 10): 7 is statistically ample for sampling noise and
 # ~30% cheaper. The noise, and so every seeded draw, depends on this constant.
 PHILOX_ROUNDS = tl.constexpr(7)
-FAST_LOG = tl.constexpr(not INTERPRET)  # MUFU.LG2 through inline PTX on the GPU; tl.log2 in the interpreter
+FAST_LOG = tl.constexpr(not INTERPRET)  # MUFU through inline PTX on the GPU; tl.log2 / tl.exp in the interpreter
+
+
+@triton.jit
+def ordered(x):
+    """fp32 -> int32 whose signed order is the float order (for packed max keys)."""
+    b = x.to(tl.int32, bitcast=True)
+    return b ^ ((b >> 31) & 0x7FFFFFFF)
+
+
+@triton.jit
+def unordered(o):
+    return (o ^ ((o >> 31) & 0x7FFFFFFF)).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def exp_fast(x):
+    """exp(x) for per-token sums: MUFU.EX2 without tl.exp's subnormal fix-ups on the GPU."""
+    if FAST_LOG:
+        y = tl.inline_asm_elementwise("{ .reg .f32 t; mul.f32 t, $1, 0f3FB8AA3B; ex2.approx.ftz.f32 $0, t; }",
+                                      "=f,f", [x], dtype=tl.float32, is_pure=True, pack=1)
+    else:
+        y = tl.exp(x)
+    return y
 
 
 @triton.jit
@@ -85,13 +108,13 @@ def noisy_scores(z, seed, step, group, lane):
 
 
 @triton.jit
-def scan_block(row_ptr, off, tile, V, inv_t, sampled, seed, step, thr, best_s, best_o, m, s,
+def scan_block(row_ptr, off, tile, end, inv_t, sampled, seed, step, thr, best_s, best_o, m, s,
                MASKED: tl.constexpr, STATS: tl.constexpr, THRESH: tl.constexpr, G: tl.constexpr):
-    """One [G, 4] block of tokens off + tile (tile = [G, 4] offsets): update the per-lane running winner
+    """One [G, 4] block of tokens off + tile below end (tile: [G, 4] offsets): update the per-lane winner
     (strict > keeps the lowest token) and, if STATS, the online (max, sum exp) of z. THRESH: only tokens
     with z >= thr take part."""
     if MASKED:
-        mask = tile < V - off
+        mask = tile < end - off
         z = tl.where(mask, tl.load(row_ptr + off + tile, mask=mask, other=0.0).to(tl.float32) * inv_t, NEG)
     else:
         z = tl.load(row_ptr + off + tile).to(tl.float32) * inv_t
@@ -108,7 +131,7 @@ def scan_block(row_ptr, off, tile, V, inv_t, sampled, seed, step, thr, best_s, b
     best_o = tl.where(better, off, best_o)
     if STATS:
         m_new = tl.maximum(m, tl.max(z))
-        s = s * tl.exp(m - m_new) + tl.sum(tl.exp(z - m_new))
+        s = s * tl.exp(m - m_new) + tl.sum(exp_fast(z - m_new))
         m = m_new
     return best_s, best_o, m, s
 
@@ -146,10 +169,10 @@ def _sample_partial_kernel(
     end = tl.minimum(start + chunk, V)
     full_end = start + (end - start) // BLOCK * BLOCK
     for off in range(start, full_end, BLOCK):  # full blocks: no masks
-        best_s, best_o, m, s = scan_block(row_ptr, off, tile, V, inv_t, sampled, seed, step, NEG, best_s,
+        best_s, best_o, m, s = scan_block(row_ptr, off, tile, end, inv_t, sampled, seed, step, NEG, best_s,
                                           best_o, m, s, False, STATS, False, G)
     for off in range(full_end, end, BLOCK):  # the ragged tail, at most once
-        best_s, best_o, m, s = scan_block(row_ptr, off, tile, V, inv_t, sampled, seed, step, NEG, best_s,
+        best_s, best_o, m, s = scan_block(row_ptr, off, tile, end, inv_t, sampled, seed, step, NEG, best_s,
                                           best_o, m, s, True, STATS, False, G)
     win = tl.max(best_s)
     part = part_f_ptr + (row * tl.num_programs(1) + c) * 3
@@ -231,7 +254,7 @@ def sample(logits, temperature, seeds, offsets, *, top_k=None, top_p=None, min_p
     _check_vec("seeds", seeds, B, torch.int64, dev)
     _check_vec("offsets", offsets, B, torch.int64, dev)
     for name, t, dt in (("top_k", top_k, torch.int32), ("top_p", top_p, torch.float32), ("min_p", min_p, torch.float32)):
-        if t is not None:
+        if t is not None:  # None: no row uses this filter
             _check_vec(name, t, B, dt, dev)
     if out is None:
         out = torch.empty(B, dtype=torch.int64, device=dev)
@@ -241,11 +264,9 @@ def sample(logits, temperature, seeds, offsets, *, top_k=None, top_p=None, min_p
     if B == 0:
         return out
     if top_k is not None or top_p is not None or min_p is not None:
-        from tritium.kernels import sampling_filter
+        from tritium.kernels.sampling_filter import sample_filtered  # (it imports this module)
 
-        sampling_filter.sample_filtered(logits, temperature, seeds, offsets, top_k, top_p, min_p, out,
-                                        logprobs_out, config)
-        return out
+        return sample_filtered(logits, temperature, seeds, offsets, top_k, top_p, min_p, out, logprobs_out, config)
     stats = logprobs_out is not None
     n, chunk = plan_chunks(B, V)
     part_f = torch.empty((B, n, 3), dtype=torch.float32, device=dev)

@@ -1,0 +1,160 @@
+"""Exact thresholds of top-k / top-p / min-p (see sampling_filter.py for the semantics), and the general
+sampling kernel for rows whose kept set the candidates of sampling_filter do not cover.
+
+The predicate: top-k / top-p hold at a value v when count(z >= v) >= k or mass(z >= v) >= p * sum(exp z);
+v* is the largest present value where it holds (the min if it never does: keep all); min-p raises the
+threshold to max z + log(min_p). Kept tokens: z >= thr.
+
+_filter_general_kernel, grid (B,), one program per pending row (others return at once): rounds of NP probes
+spread over a bracket [lo, hi] of present values holding v* count tokens and mass at or above each probe
+(one read of the row each); the bracket shrinks to the present values around the crossing until it holds
+at most NWIN tokens (or one value); those are gathered and walked exactly (pairwise counts). A last read
+draws among z >= thr with the plain path's scan. Slower than the candidate path: several reads of the row
+by one program, about log_NP(range / spacing near v*) rounds.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from tritium.kernels.sampling import NEG, scan_block
+
+NPROBE = 8  # probes per bracketing round
+GENERAL_BLOCK = 512
+MAX_ROUNDS = 64  # a bound only: each round lowers hi to a smaller present value, by ~NP x in width
+
+
+@triton.jit
+def row_params(temp_ptr, topk_ptr, topp_ptr, minp_ptr, row, HAS_K: tl.constexpr, HAS_P: tl.constexpr,
+               HAS_MINP: tl.constexpr):
+    # a row's temperature and filters; a filter tensor not given reads as off
+    t = tl.load(temp_ptr + row)
+    k = tl.load(topk_ptr + row) if HAS_K else tl.full([], 0, tl.int32)
+    p = tl.load(topp_ptr + row) if HAS_P else tl.full([], 1.0, tl.float32)
+    mp = tl.load(minp_ptr + row) if HAS_MINP else tl.full([], 0.0, tl.float32)
+    return t, k, p, mp
+
+
+@triton.jit
+def predicate_bounds(k, p, V, total):
+    # top-k / top-p hold at v when count(z >= v) >= k_on or mass(z >= v) >= mass_on (off: unreachable).
+    # Scalars, not scalar & vector masks: the interpreter mis-broadcasts scalar booleans.
+    return tl.where(k > 0, tl.minimum(k, V), 2147483647), tl.where(p < 1.0, p * total, float("inf"))
+
+
+@triton.jit
+def walk_window(win_ptr, n_win, base_cnt, base_mass, big, k_on, mass_on, NWIN: tl.constexpr, WB: tl.constexpr):
+    """v*: the largest of the n_win values in win_ptr[:NWIN] at which the predicate holds, counting base_cnt
+    tokens (mass base_mass) above all of them; -inf if none. Counts by pairwise comparison, WB at a time."""
+    w = tl.arange(0, NWIN)
+    wz = tl.load(win_ptr + w, mask=w < n_win, other=NEG)
+    cnt = tl.zeros([NWIN], tl.int32) + base_cnt
+    mass = tl.zeros([NWIN], tl.float32) + base_mass
+    for j0 in range(0, NWIN, WB):
+        j = j0 + tl.arange(0, WB)
+        zj = tl.load(win_ptr + j, mask=j < n_win, other=NEG)
+        ge = (j < n_win)[None, :] & (zj[None, :] >= wz[:, None])
+        cnt += tl.sum(ge.to(tl.int32), 1)
+        mass += tl.sum(tl.where(ge, tl.exp(zj - big)[None, :], 0.0), 1)
+    return tl.max(tl.where((w < n_win) & ((cnt >= k_on) | (mass >= mass_on)), wz, float("-inf")))
+
+
+@triton.jit
+def threshold(vstar, k, p, mp, big):
+    # kept: z >= thr (v* from top-k / top-p, raised by min-p; never above the max)
+    thr = tl.where((k > 0) | (p < 1.0), vstar, float("-inf"))
+    thr = tl.maximum(thr, tl.where(mp > 0, big + tl.log(tl.where(mp > 0, mp, 1.0)), float("-inf")))
+    return tl.minimum(thr, big)
+
+
+@triton.jit
+def _filter_general_kernel(
+    logits_ptr,  # [B, V] fp32/bf16/fp16
+    stride_row,
+    temp_ptr, seed_ptr, step_ptr,  # [B] fp32, int64, int64
+    topk_ptr, topp_ptr, minp_ptr,  # [B] int32, fp32, fp32
+    row_f_ptr,  # [B, 2] fp32: max z, sum exp(z - max)
+    state_ptr,  # [B] int32: only rows with 1 are worked on
+    win_ptr,  # [B, NWIN] fp32 scratch
+    out_ptr,  # [B] int64 out
+    lp_ptr,  # [B] fp32 out (if LOGPROBS)
+    V, max_rounds,
+    HAS_K: tl.constexpr, HAS_P: tl.constexpr, HAS_MINP: tl.constexpr, LOGPROBS: tl.constexpr,
+    NWIN: tl.constexpr, WB: tl.constexpr, NP: tl.constexpr, BLOCK: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    if tl.load(state_ptr + row) == 0:
+        return
+    t, k, p, mp = row_params(temp_ptr, topk_ptr, topp_ptr, minp_ptr, row, HAS_K, HAS_P, HAS_MINP)
+    sampled = t > 0
+    inv_t = 1.0 / tl.where(sampled, t, 1.0)
+    big = tl.load(row_f_ptr + row * 2)
+    k_on, mass_on = predicate_bounds(k, p, V, tl.load(row_f_ptr + row * 2 + 1))
+    row_ptr = logits_ptr + row * stride_row
+    # bracket [lo, hi] of present values holding v*; n_lo tokens at or above lo, n_hi (mass m_hi) above hi
+    lo = tl.full([BLOCK], float("inf"), tl.float32)
+    for off in range(0, V, BLOCK):
+        o = off + tl.arange(0, BLOCK)
+        lo = tl.minimum(lo, tl.where(o < V, tl.load(row_ptr + o, mask=o < V, other=0.0).to(tl.float32), float("inf")))
+    lo = tl.maximum(tl.min(lo) * inv_t, NEG)  # the min: v* >= it (keep all if the predicate never holds)
+    hi = big
+    n_lo = V
+    n_hi = 0
+    m_hi = 0.0
+    j = tl.arange(0, NP)
+    kp = (k > 0) | (p < 1.0)
+    rounds = 0
+    while kp & (hi > lo) & (n_lo - n_hi > NWIN) & (rounds < max_rounds):
+        probe = tl.where(j == NP - 1, hi, lo + (hi - lo) * ((j + 1).to(tl.float32) / NP))
+        cnt = tl.zeros([NP], tl.int32)
+        mass = tl.zeros([NP], tl.float32)
+        lo_next = tl.full([NP], float("inf"), tl.float32)  # min z >= probe
+        hi_next = tl.full([NP], float("-inf"), tl.float32)  # max z < probe
+        for off in range(0, V, BLOCK):
+            o = off + tl.arange(0, BLOCK)
+            mk = (o < V)[None, :]
+            z = tl.maximum(tl.load(row_ptr + o, mask=o < V, other=0.0).to(tl.float32) * inv_t, NEG)[None, :]
+            ge = mk & (z >= probe[:, None])
+            cnt += tl.sum(ge.to(tl.int32), 1)
+            mass += tl.sum(tl.where(ge, tl.exp(z - big), 0.0), 1)
+            lo_next = tl.minimum(lo_next, tl.min(tl.where(ge, z, float("inf")), 1))
+            hi_next = tl.maximum(hi_next, tl.max(tl.where(mk & (z < probe[:, None]), z, float("-inf")), 1))
+        # the predicate falls with the probe: probes [0, a) hold it, [a, NP) do not
+        a = tl.sum(((cnt >= k_on) | (mass >= mass_on)).to(tl.int32))
+        lo = tl.where(a > 0, tl.max(tl.where(j == a - 1, lo_next, float("-inf"))), lo)
+        n_lo = tl.where(a > 0, tl.max(tl.where(j == a - 1, cnt, 0)), n_lo)
+        hi = tl.where(a == NP, lo, tl.max(tl.where(j == a, hi_next, float("-inf"))))  # a == NP: v* = hi
+        n_hi = tl.where(a == NP, n_hi, tl.max(tl.where(j == a, cnt, 0)))
+        m_hi = tl.where(a == NP, m_hi, tl.max(tl.where(j == a, mass, 0.0)))
+        rounds += 1
+    vstar = lo
+    if kp & (hi > lo):  # at most NWIN tokens in [lo, hi]: gather them and walk them exactly
+        base = 0
+        for off in range(0, V, BLOCK):
+            o = off + tl.arange(0, BLOCK)
+            z = tl.maximum(tl.load(row_ptr + o, mask=o < V, other=0.0).to(tl.float32) * inv_t, NEG)
+            sel = (o < V) & (z >= lo) & (z <= hi)
+            pos = base + tl.cumsum(sel.to(tl.int32), 0) - 1
+            tl.store(win_ptr + row * NWIN + pos, z, mask=sel & (pos < NWIN))
+            base += tl.sum(sel.to(tl.int32))
+        tl.debug_barrier()  # the window was written by other threads of this program
+        n_win = tl.minimum(base, NWIN)
+        vstar = tl.maximum(walk_window(win_ptr + row * NWIN, n_win, n_hi, m_hi, big, k_on, mass_on, NWIN, WB), lo)
+    thr = threshold(vstar, k, p, mp, big)
+    # draw among z >= thr (the plain path's scan with a threshold)
+    G: tl.constexpr = BLOCK // 4
+    seed = tl.load(seed_ptr + row)
+    step = tl.load(step_ptr + row)
+    tile = tl.arange(0, G)[:, None] * 4 + tl.arange(0, 4)[None, :]
+    best_s = tl.full([G, 4], float("-inf"), tl.float32)
+    best_o = tl.zeros([G, 4], tl.int32)
+    m = tl.full([], NEG, tl.float32)
+    s = tl.zeros([], tl.float32)
+    for off in range(0, V, BLOCK):
+        best_s, best_o, m, s = scan_block(row_ptr, off, tile, V, inv_t, sampled, seed, step, thr, best_s, best_o,
+                                          m, s, True, LOGPROBS, True, G)
+    tok = tl.min(tl.where(best_s == tl.max(best_s), best_o + tile, 2147483647))
+    tl.store(out_ptr + row, tok.to(tl.int64))
+    if LOGPROBS:
+        z = tl.load(row_ptr + tok).to(tl.float32) * inv_t
+        tl.store(lp_ptr + row, z - m - tl.log(s))
