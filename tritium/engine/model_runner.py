@@ -181,8 +181,14 @@ class ModelRunner:
         for bs in reversed(graph_buckets(n)):
             meta = self._static_meta(bs)
             with torch.inference_mode():
-                self.model(s["ids"][:bs], s["pos"][:bs], meta)  # tunes every kernel at these shapes first
+                # Tune every kernel at these shapes first, on full-length contexts: tuning on the empty padded
+                # rows would pick the config that is fastest at doing nothing. Slots -1: nothing is written.
+                s["seq_lens"].fill_(self.config.max_model_len)
+                s["tables"].copy_(torch.arange(s["tables"].numel(), device=dev).view_as(s["tables"]) % self.num_blocks)
+                self.model(s["ids"][:bs], s["pos"][:bs], meta)
                 torch.cuda.synchronize()
+                s["seq_lens"].zero_()
+                s["tables"].zero_()
                 graph = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(graph, pool=pool):
                     s["hidden"][:bs] = self.model(s["ids"][:bs], s["pos"][:bs], meta)
