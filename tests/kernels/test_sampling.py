@@ -13,7 +13,8 @@ from hypothesis import assume, given, strategies as st
 import tritium
 from tritium.kernels import sampling as S
 from tritium.kernels import sampling_filter as F
-from tritium.kernels.sampling import keep_mask_ref, sample, sample_probs_ref, sample_ref
+from tritium.kernels.sampling import sample, sample_probs_ref, sample_ref
+from tritium.kernels.sampling_threshold import keep_mask_ref
 
 DEV = tritium.platform.DEVICE
 

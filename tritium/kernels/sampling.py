@@ -46,18 +46,6 @@ FAST_LOG = tl.constexpr(not INTERPRET)  # MUFU through inline PTX on the GPU; tl
 
 
 @triton.jit
-def ordered(x):
-    """fp32 -> int32 whose signed order is the float order (for packed max keys)."""
-    b = x.to(tl.int32, bitcast=True)
-    return b ^ ((b >> 31) & 0x7FFFFFFF)
-
-
-@triton.jit
-def unordered(o):
-    return (o ^ ((o >> 31) & 0x7FFFFFFF)).to(tl.float32, bitcast=True)
-
-
-@triton.jit
 def exp_fast(x):
     """exp(x) for per-token sums: MUFU.EX2 without tl.exp's subnormal fix-ups on the GPU."""
     if FAST_LOG:
@@ -278,31 +266,11 @@ def sample(logits, temperature, seeds, offsets, *, top_k=None, top_p=None, min_p
     return out
 
 
-def keep_mask_ref(z, top_k=None, top_p=None, min_p=None):
-    """[B, V] bool: the kept set of scaled logits z (fp32). Joint filters on the unfiltered distribution:
-    top-k keeps z >= the k-th largest value; top-p keeps the smallest top set whose mass >= p (ties with
-    its last value included); min-p keeps p_i >= min_p * max p; a token is kept if every active filter
-    keeps it."""
-    B, V = z.shape
-    probs = torch.softmax(z, dim=-1)
-    zs, order = z.sort(dim=-1, descending=True, stable=True)
-    hit = torch.zeros_like(z, dtype=torch.bool)
-    if top_k is not None:
-        k = top_k.long().clamp(max=V)[:, None]
-        hit |= (k > 0) & (torch.arange(1, V + 1, device=z.device)[None, :] >= k)
-    if top_p is not None:
-        hit |= (top_p[:, None] < 1) & (probs.gather(-1, order).cumsum(-1) >= top_p[:, None])
-    first = hit.float().argmax(-1, keepdim=True)
-    vstar = torch.where(hit.any(-1, keepdim=True), zs.gather(-1, first), float("-inf"))
-    keep = z >= vstar
-    if min_p is not None:
-        keep &= (min_p[:, None] <= 0) | (probs >= min_p[:, None] * probs.amax(-1, keepdim=True))
-    return keep
-
-
 def sample_probs_ref(logits, temperature, *, top_k=None, top_p=None, min_p=None):
     """[B, V] fp32: the distribution each row is drawn from (greedy rows: one-hot at the argmax), and
     [B, V] fp32 log-probabilities used for logprobs (softmax over the kept set; greedy rows at T = 1)."""
+    from tritium.kernels.sampling_threshold import keep_mask_ref  # (it imports this module)
+
     x = logits.float()
     greedy = temperature <= 0
     z = x / torch.where(greedy, 1.0, temperature)[:, None]

@@ -31,7 +31,7 @@ import triton
 import triton.language as tl
 
 from tritium.autotune import next_pow2, tuned
-from tritium.kernels.sampling import NEG, exp_fast, noisy_scores, ordered, unordered
+from tritium.kernels.sampling import NEG, exp_fast, noisy_scores
 from tritium.kernels import sampling_threshold as th
 from tritium.kernels.sampling_threshold import predicate_bounds, row_params, threshold, walk_window
 
@@ -45,6 +45,18 @@ DMAX = 16.0  # widest row window below the max: exp(-16) ~ 1e-7 of the max proba
 NWIN = 256  # most candidates of a row the finishing kernel walks (count and mass by pairwise comparison)
 NRSCHED = 9  # row windows tried: 0, DMAX * 2**(-7/2), ..., DMAX * 2**(-1/2), DMAX
 WB = 16  # window columns per step of the pairwise walk
+
+
+@triton.jit
+def _ordered(x):
+    """fp32 -> int32 whose signed order is the float order (for packed max keys)."""
+    b = x.to(tl.int32, bitcast=True)
+    return b ^ ((b >> 31) & 0x7FFFFFFF)
+
+
+@triton.jit
+def _unordered(o):
+    return (o ^ ((o >> 31) & 0x7FFFFFFF)).to(tl.float32, bitcast=True)
 
 
 @triton.jit
@@ -118,7 +130,7 @@ def _filter_partial_kernel(
         best_s, best_o, m1, o1, m2, s1 = _lane_block(row_ptr, off, tile, end, inv_t, sampled, seed, step, best_s,
                                                      best_o, m1, o1, m2, s1, True, G)
     # the best (score, lowest token) in one reduction of packed (ordered score, inverted token) keys
-    key = tl.max((ordered(best_s).to(tl.int64) << 32) | (2147483647 - (best_o + tile)))
+    key = tl.max((_ordered(best_s).to(tl.int64) << 32) | (2147483647 - (best_o + tile)))
     big = tl.max(m1)
     # candidates: the lane maxima above every lane's second value, so every token of the chunk with
     # z > floor is one (too many, e.g. ties at the top: none, and floor +inf)
@@ -130,7 +142,7 @@ def _filter_partial_kernel(
     tl.store(cand_z_ptr + slot * CAPC + pos, m1, mask=sel & fits)
     tl.store(cand_i_ptr + slot * CAPC + pos, o1 + tile, mask=sel & fits)
     out = part_f_ptr + slot * 4
-    tl.store(out, unordered((key >> 32).to(tl.int32)))
+    tl.store(out, _unordered((key >> 32).to(tl.int32)))
     tl.store(out + 1, big)
     tl.store(out + 2, tl.sum(s1 * tl.exp(m1 - big)))
     tl.store(out + 3, tl.where(fits, floor, float("inf")))

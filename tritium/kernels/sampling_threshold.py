@@ -1,5 +1,5 @@
-"""Exact thresholds of top-k / top-p / min-p (see sampling_filter.py for the semantics), and the general
-sampling kernel for rows whose kept set the candidates of sampling_filter do not cover.
+"""Exact thresholds of top-k / top-p / min-p (semantics in sampling_filter.py; keep_mask_ref: the reference),
+and the general sampling kernel for rows whose kept set the candidates of sampling_filter do not cover.
 
 The predicate: top-k / top-p hold at a value v when count(z >= v) >= k or mass(z >= v) >= p * sum(exp z);
 v* is the largest present value where it holds (the min if it never does: keep all); min-p raises the
@@ -14,6 +14,7 @@ by one program, about log_NP(range / spacing near v*) rounds.
 """
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
 
@@ -158,3 +159,25 @@ def _filter_general_kernel(
     if LOGPROBS:
         z = tl.load(row_ptr + tok).to(tl.float32) * inv_t
         tl.store(lp_ptr + row, z - m - tl.log(s))
+
+
+def keep_mask_ref(z, top_k=None, top_p=None, min_p=None):
+    """[B, V] bool: the kept set of scaled logits z (fp32). Joint filters on the unfiltered distribution:
+    top-k keeps z >= the k-th largest value; top-p keeps the smallest top set whose mass >= p (ties with
+    its last value included); min-p keeps p_i >= min_p * max p; a token is kept if every active filter
+    keeps it."""
+    B, V = z.shape
+    probs = torch.softmax(z, dim=-1)
+    zs, order = z.sort(dim=-1, descending=True, stable=True)
+    hit = torch.zeros_like(z, dtype=torch.bool)
+    if top_k is not None:
+        k = top_k.long().clamp(max=V)[:, None]
+        hit |= (k > 0) & (torch.arange(1, V + 1, device=z.device)[None, :] >= k)
+    if top_p is not None:
+        hit |= (top_p[:, None] < 1) & (probs.gather(-1, order).cumsum(-1) >= top_p[:, None])
+    first = hit.float().argmax(-1, keepdim=True)
+    vstar = torch.where(hit.any(-1, keepdim=True), zs.gather(-1, first), float("-inf"))
+    keep = z >= vstar
+    if min_p is not None:
+        keep &= (min_p[:, None] <= 0) | (probs >= min_p[:, None] * probs.amax(-1, keepdim=True))
+    return keep
