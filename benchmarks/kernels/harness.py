@@ -2,8 +2,11 @@
 
 - `measure_ceilings()` measures the card's device-to-device copy bandwidth (bytes read + written) and its
   bf16 matmul rate in the same run as the kernels, so results are reported as ratios to them.
-- `time_us(fn)` times one call: large work with triton's do_bench (median); small, launch-bound work
-  inside a CUDA graph of many calls, so the CPU launch cost is not what gets measured.
+- `time_us(fn)` times one call: with triton's do_bench (median), which zeroes a 256 MB buffer before each
+  call; or (graph=True) inside a CUDA graph of many calls, so neither the host's launch cost nor that flush
+  is what gets measured. Plain do_bench suits only work much longer than the host's per-call Python time:
+  when fn's host time passes the ~60 us flush, the GPU idles between the start event and the kernel and
+  the gap is timed as kernel time.
 - `Row` is one table line; `report()` prints the table and writes JSON under benchmarks/results/<gpu>/.
 """
 from __future__ import annotations
@@ -21,8 +24,8 @@ RESULTS = Path(__file__).resolve().parents[1] / "results"
 GRAPH_CALLS = 50  # calls per captured graph when timing small kernels
 
 
-def time_us(fn, *, graph: bool = False, warmup_ms: float = 25, rep_ms: float = 100) -> float:
-    """Median microseconds per call of fn(). graph=True captures GRAPH_CALLS calls into one CUDA graph
+def time_us(fn, *, graph: bool = False, calls: int = GRAPH_CALLS, warmup_ms: float = 25, rep_ms: float = 100) -> float:
+    """Median microseconds per call of fn(). graph=True captures `calls` calls into one CUDA graph
     (fn must be capturable: no host syncs, no tuning) and times its replays."""
     import triton.testing
 
@@ -38,10 +41,11 @@ def time_us(fn, *, graph: bool = False, warmup_ms: float = 25, rep_ms: float = 1
     torch.cuda.current_stream().wait_stream(stream)
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
-        for _ in range(GRAPH_CALLS):
+        for _ in range(calls):
             fn()
     ms = triton.testing.do_bench(g.replay, warmup=warmup_ms, rep=rep_ms, return_mode="median")
-    return ms * 1e3 / GRAPH_CALLS
+    del g  # free the graph's private memory pool before the next shape
+    return ms * 1e3 / calls
 
 
 def measure_ceilings() -> dict:
