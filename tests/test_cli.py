@@ -1,0 +1,13 @@
+from tritium.__main__ import main
+
+
+def test_generate_prints_each_prompt(tiny_checkpoint, capsys):
+    assert main(["generate", "--model", str(tiny_checkpoint), "--prompt", "The fox", "--prompt", "Hi",
+                 "--max-tokens", "3", "--chat"]) == 0
+    out = capsys.readouterr().out
+    assert "--- 'The fox'" in out and "--- 'Hi'" in out
+
+
+def test_bad_model_directory_is_a_clear_error(tmp_path, capsys):
+    assert main(["generate", "--model", str(tmp_path / "missing"), "--prompt", "x"]) == 2
+    assert "does not exist" in capsys.readouterr().err
