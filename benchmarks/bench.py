@@ -34,6 +34,8 @@ def main():
     ap.add_argument("--preset", default="qwen3-0.6b" if HAS_CUDA else "tiny")
     ap.add_argument("--num-seqs", type=int, default=256 if HAS_CUDA else 4)
     ap.add_argument("--enforce-eager", action="store_true")
+    ap.add_argument("--policy", default="alternate", choices=["alternate", "prefill_first"],
+                    help="scheduler policy: decode steps between prefill steps, or prefill whenever possible")
     args = ap.parse_args()
     model = args.model or str(ensure_checkpoint(args.preset))
     if HAS_CUDA:
@@ -41,7 +43,7 @@ def main():
     else:
         prompts, params = workload(args.num_seqs, 48, 16, 8, max_id=1000)  # the tiny vocabulary is 1024
     llm = LLM(model, max_model_len=4096, enforce_eager=args.enforce_eager,
-              kvcache_block_size=256 if HAS_CUDA else 16)
+              kvcache_block_size=256 if HAS_CUDA else 16, scheduler_policy=args.policy)
     llm.generate(["Benchmark: "], SamplingParams(max_tokens=8), use_tqdm=False)  # warm-up
     start = time.perf_counter()
     outs = llm.generate(prompts, params, use_tqdm=False)
@@ -54,12 +56,14 @@ def main():
     result = {"date": time.strftime("%Y-%m-%d"), "model": args.model or args.preset, "requests": len(prompts),
               "prompt_tokens": prompt_tokens, "output_tokens": out_tokens, "seconds": elapsed,
               "output_tok_per_s": out_tokens / elapsed, "enforce_eager": args.enforce_eager,
+              "scheduler_policy": args.policy,
               "preemptions": llm.scheduler.num_preemptions}
     if HAS_CUDA:
         import torch
 
         result["gpu"] = torch.cuda.get_device_name()
-        name = "bench_eager.json" if args.enforce_eager else "bench.json"
+        name = "bench" + ("_eager" if args.enforce_eager else "") + \
+            ("" if args.policy == "alternate" else f"_{args.policy}") + ".json"
         path = ROOT / "benchmarks" / "results" / gpu_name() / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result, indent=1))
