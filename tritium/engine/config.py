@@ -15,6 +15,8 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+from tritium.engine.sampling_params import is_int
+
 # Accepted spellings of the dtype override -> canonical torch attribute name.
 _DTYPES = {
     "float16": "float16", "fp16": "float16", "half": "float16",
@@ -24,12 +26,8 @@ _DTYPES = {
 SCHEDULER_POLICIES = ("alternate", "prefill_first")
 
 
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
 def _check_int(name: str, value, minimum: int) -> None:
-    if not _is_int(value):
+    if not is_int(value):
         raise ValueError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
@@ -91,10 +89,10 @@ class EngineConfig:
         _check_bool("enforce_eager", self.enforce_eager)
         _check_bool("enable_prefix_caching", self.enable_prefix_caching)
         bs = self.kvcache_block_size
-        if not _is_int(bs) or not (16 <= bs <= 256) or bs & (bs - 1):
+        if not is_int(bs) or not (16 <= bs <= 256) or bs & (bs - 1):
             raise ValueError(f"kvcache_block_size must be a power of two in [16, 256], got {bs!r}")
         n = self.num_kvcache_blocks
-        if not _is_int(n) or not (n == -1 or n >= 1):
+        if not is_int(n) or not (n == -1 or n >= 1):
             raise ValueError(f"num_kvcache_blocks must be -1 (size from free memory) or >= 1, got {n!r}")
         if self.dtype is not None:
             # a torch.dtype is accepted too: str(torch.bfloat16) == "torch.bfloat16"

@@ -21,11 +21,11 @@ from dataclasses import dataclass
 MAX_SEED = 2**63 - 1  # fits an int64 tensor
 
 
-def _is_int(x) -> bool:  # numpy ints count, bools do not
+def is_int(x) -> bool:  # numpy ints count, bools do not
     return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
-def _is_real(x) -> bool:
+def is_real(x) -> bool:
     return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
@@ -42,28 +42,28 @@ class SamplingParams:
 
     def __post_init__(self):
         t = self.temperature
-        if not _is_real(t) or not math.isfinite(t) or t < 0:
+        if not is_real(t) or not math.isfinite(t) or t < 0:
             raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {t!r}")
-        if not _is_int(self.top_k) or self.top_k < -1:
+        if not is_int(self.top_k) or self.top_k < -1:
             raise ValueError(f"top_k must be an int >= -1 (0 or -1 = off), got {self.top_k!r}")
         p = self.top_p
-        if not _is_real(p) or not (0.0 < p <= 1.0):
+        if not is_real(p) or not (0.0 < p <= 1.0):
             raise ValueError(f"top_p must be a number in (0, 1] (1 = off), got {p!r}")
         m = self.min_p
-        if not _is_real(m) or not (0.0 <= m <= 1.0):
+        if not is_real(m) or not (0.0 <= m <= 1.0):
             raise ValueError(f"min_p must be a number in [0, 1] (0 = off), got {m!r}")
-        if not _is_int(self.max_tokens) or self.max_tokens < 1:
+        if not is_int(self.max_tokens) or self.max_tokens < 1:
             raise ValueError(f"max_tokens must be an int >= 1, got {self.max_tokens!r}")
         if not isinstance(self.ignore_eos, bool):
             raise ValueError(f"ignore_eos must be True or False, got {self.ignore_eos!r}")
         s = self.seed
-        if s is not None and (not _is_int(s) or not (0 <= s <= MAX_SEED)):
+        if s is not None and (not is_int(s) or not (0 <= s <= MAX_SEED)):
             raise ValueError(f"seed must be None or an int in [0, 2**63 - 1], got {s!r}")
         stop = self.stop_token_ids
         if isinstance(stop, (str, bytes)) or not hasattr(stop, "__iter__"):
             raise ValueError(f"stop_token_ids must be a list/tuple of token ids, got {stop!r}")
         stop = tuple(stop)
-        bad = [x for x in stop if not _is_int(x) or x < 0]
+        bad = [x for x in stop if not is_int(x) or x < 0]
         if bad:
             raise ValueError(f"stop_token_ids must be non-negative ints, got bad entries {bad!r}")
         # frozen: store plain Python values once (numpy scalars, lists -> float/int/tuple)
