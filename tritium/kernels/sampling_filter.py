@@ -42,8 +42,8 @@ FILTER_BLOCK = 2048  # lanes of a program: [BLOCK // 4, 4] tiles
 FILTER_CHUNK = 16384
 CAPC = 256  # candidates kept per chunk (lane maxima above the chunk floor: ~sqrt(BLOCK) expected)
 DMAX = 16.0  # widest row window below the max: exp(-16) ~ 1e-7 of the max probability
-NWIN = 256  # most candidates of a row the finishing kernel walks (count and mass by pairwise comparison)
-NRSCHED = 9  # row windows tried: 0, DMAX * 2**(-7/2), ..., DMAX * 2**(-1/2), DMAX
+NWIN = 512  # most candidates of a row the finishing kernel walks (count and mass by pairwise comparison)
+NRSCHED = 17  # row windows tried: 0, DMAX * 2**(-15/4), ..., DMAX * 2**(-1/4), DMAX
 WB = 16  # window columns per step of the pairwise walk
 
 
@@ -181,7 +181,8 @@ def _filter_finish_kernel(
     total = tl.sum(tl.load(part + 2, mask=cm, other=0.0) * tl.exp(m - big))
     tl.store(row_f_ptr + row * 2, big)
     tl.store(row_f_ptr + row * 2 + 1, total)
-    if (k <= 0) & (p >= 1.0) & (mp <= 0):  # no filter on this row: the plain winner
+    # no filter on this row, or a greedy row without logprobs (the argmax is always kept): the plain winner
+    if ((k <= 0) & (p >= 1.0) & (mp <= 0)) | ((t <= 0) & (not LOGPROBS)):
         sc = tl.load(part, mask=cm, other=float("-inf"))
         pick = tl.minimum(tl.min(tl.where(cm & (sc == tl.max(sc)), c, CPAD)), C - 1)
         tok = tl.load(part_i_ptr + (row * C + pick) * 2)
@@ -201,8 +202,8 @@ def _filter_finish_kernel(
         w_floor = tl.full([], float("-inf"), tl.float32)
         if NCAND > NWIN:
             d_sel = -1.0
-            for i in tl.static_range(NRSCHED):  # D = 0 and DMAX * 2**(-j/2), j = NRSCHED - 2 .. 0
-                d = 0.0 if i == 0 else DMAX * 0.5 ** ((NRSCHED - 1 - i) / 2)
+            for i in tl.static_range(NRSCHED):  # D = 0 and DMAX * 2**(-j/4), j = NRSCHED - 2 .. 0
+                d = 0.0 if i == 0 else DMAX * 0.5 ** ((NRSCHED - 1 - i) / 4)
                 d_sel = tl.where(tl.sum((valid & (cz >= big - d)).to(tl.int32)) <= NWIN, d, d_sel)
             w_floor = tl.where(d_sel >= 0, big - d_sel, float("inf"))
         sel = valid & (cz >= w_floor)

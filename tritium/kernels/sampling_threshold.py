@@ -51,7 +51,7 @@ def walk_window(win_ptr, n_win, base_cnt, base_mass, big, k_on, mass_on, NWIN: t
     wz = tl.load(win_ptr + w, mask=w < n_win, other=NEG)
     cnt = tl.zeros([NWIN], tl.int32) + base_cnt
     mass = tl.zeros([NWIN], tl.float32) + base_mass
-    for j0 in range(0, NWIN, WB):
+    for j0 in range(0, n_win, WB):
         j = j0 + tl.arange(0, WB)
         zj = tl.load(win_ptr + j, mask=j < n_win, other=NEG)
         ge = (j < n_win)[None, :] & (zj[None, :] >= wz[:, None])
