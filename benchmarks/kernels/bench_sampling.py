@@ -58,7 +58,8 @@ def run(ceilings) -> list:
                     ref = lambda x, t=t: torch_sample(x, t)  # noqa: E731
                 else:
                     p = torch.full((b,), 0.9, device=rb.DEVICE)
-                    ours = lambda x, t=t, s=seeds, o=offs, p=p, out=out: sample(x, t, s, o, top_p=p, out=out)  # noqa: E731
+                    ours = lambda x, t=t, s=seeds, o=offs, p=p, out=out: sample(  # noqa: E731
+                        x, t, s, o, top_p=p, out=out)
                     ref = lambda x, t=t, p=p: torch_sample_top_p(x, t, p)  # noqa: E731
                 rows.append(rb.measure(
                     f"sample {mode}", f"{name} {b}x{VOCAB}", b,

@@ -241,7 +241,8 @@ def sample(logits, temperature, seeds, offsets, *, top_k=None, top_p=None, min_p
     _check_vec("temperature", temperature, B, torch.float32, dev)
     _check_vec("seeds", seeds, B, torch.int64, dev)
     _check_vec("offsets", offsets, B, torch.int64, dev)
-    for name, t, dt in (("top_k", top_k, torch.int32), ("top_p", top_p, torch.float32), ("min_p", min_p, torch.float32)):
+    for name, t, dt in (("top_k", top_k, torch.int32), ("top_p", top_p, torch.float32),
+                        ("min_p", min_p, torch.float32)):
         if t is not None:  # None: no row uses this filter
             _check_vec(name, t, B, dt, dev)
     if out is None:

@@ -215,7 +215,8 @@ def _filter_finish_kernel(
         n_win = tl.sum(sel.to(tl.int32))
         k_on, mass_on = predicate_bounds(k, p, V, total)
         # counts are exact for window values >= floor
-        thr = threshold(walk_window(win_z_ptr + row * NWIN, n_win, 0, 0.0, big, k_on, mass_on, NWIN, WB), k, p, mp, big)
+        vstar = walk_window(win_z_ptr + row * NWIN, n_win, 0, 0.0, big, k_on, mass_on, NWIN, WB)
+        thr = threshold(vstar, k, p, mp, big)
         w = tl.arange(0, NWIN)
         wv = w < n_win
         wz = tl.load(win_z_ptr + row * NWIN + w, mask=wv, other=NEG)
@@ -224,7 +225,8 @@ def _filter_finish_kernel(
         # v* computed below the floor may be too low, but then the true one is below the floor too
         done = (thr > floor) & (thr >= w_floor)
         kept = wv & (wz >= thr)
-        score = tl.where(t > 0, noisy_scores(wz, tl.load(seed_ptr + row), tl.load(step_ptr + row), wi // 4, wi % 4), wz)
+        noisy = noisy_scores(wz, tl.load(seed_ptr + row), tl.load(step_ptr + row), wi // 4, wi % 4)
+        score = tl.where(t > 0, noisy, wz)
         score = tl.where(kept, score, float("-inf"))
         ftok = tl.min(tl.where(kept & (score == tl.max(score)), wi, 2147483647))
         tl.store(out_ptr + row, ftok.to(tl.int64), mask=done)
@@ -271,8 +273,9 @@ def sample_filtered(logits, temperature, seeds, offsets, top_k, top_p, min_p, ou
     filt = (top_k if top_k is not None else dummy, top_p if top_p is not None else dummy,
             min_p if min_p is not None else dummy)
     lp = logprobs_out if logprobs_out is not None else row_f
-    _filter_finish_kernel[(B,)](logits, logits.stride(0), part_f, part_i, cand_z, cand_i, win_z, win_i, temperature, seeds, offsets,
-                                *filt, out, lp, row_f, state, V, C, **flags, CAPC=capc, CPAD=next_pow2(C),
+    _filter_finish_kernel[(B,)](logits, logits.stride(0), part_f, part_i, cand_z, cand_i, win_z, win_i,
+                                temperature, seeds, offsets, *filt, out, lp, row_f, state, V, C, **flags,
+                                CAPC=capc, CPAD=next_pow2(C),
                                 NCAND=ncand, NWIN=nwin, WB=min(WB, nwin), DMAX=DMAX, NRSCHED=NRSCHED,
                                 num_warps=8)
     if force_general:
