@@ -99,7 +99,7 @@ def test_every_config_draws_the_same(cfg):
 
 @pytest.mark.parametrize("cfg", F.FILTER_CONFIGS, ids=tritium.autotune.config_id)
 def test_every_filter_config_draws_the_same(cfg):
-    B, V = 4, 3000  # two filter chunks
+    B, V = 4, 3000  # two blocks per lane, the second ragged
     x = (torch.randn(B, V) * 3).to(DEV)
     t, seeds, offs = _params(B, temp=[0.8, 0.0, 1.0, 0.6])
     kw = _filters(B, k=[0, 4, 20, 0], p=[0.9, 1.0, 0.8, 1.0], mp=[0.0, 0.0, 0.05, 0.2])
