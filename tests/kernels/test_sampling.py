@@ -184,15 +184,21 @@ def _filtered_case(draw):
     return x, t, k, p, mp
 
 
-def _knife_edge(z, kw, margin=1e-4):
+def _knife_edge(z, kw, margin=1e-5):
     """[B] bool: rows whose top-p or min-p boundary lies within margin, where fp32 rounding order (the
-    reference's against the kernel's) may flip a boundary token."""
+    reference's against the kernel's) may flip a boundary token. For top-p only the crossing matters: the mass
+    just before and just after the token where the cumulative sum reaches p (a long flat tail elsewhere is no
+    risk); for min-p, any token whose probability ratio to the best sits at the threshold."""
     probs = torch.softmax(z, -1)
     cum = probs.sort(-1, descending=True).values.cumsum(-1)
     edge = torch.zeros(z.shape[0], dtype=torch.bool, device=z.device)
     if kw.get("top_p") is not None:
         p = kw["top_p"][:, None]
-        edge |= ((p < 1) & ((cum - p).abs() <= margin)).any(-1)
+        cross = (cum < p).sum(-1, keepdim=True).clamp(max=cum.shape[-1] - 1)
+        after = cum.gather(-1, cross)
+        before = torch.where(cross > 0, cum.gather(-1, (cross - 1).clamp(min=0)), torch.zeros_like(after))
+        near = ((after - p).abs() <= margin) | ((p - before).abs() <= margin)
+        edge |= ((p < 1) & near)[:, 0]
     if kw.get("min_p") is not None:
         mp = kw["min_p"][:, None]
         edge |= ((mp > 0) & ((probs / probs.amax(-1, keepdim=True) - mp).abs() <= margin)).any(-1)
@@ -335,7 +341,9 @@ def test_gpu_bf16_greedy_layout_and_configs():
             assert torch.equal(sample(x, t, seeds, offs, config=cfg, **fkw), tok)
     keep = keep_mask_ref(_scaled(x, t), **kw)
     clear = ~_knife_edge(_scaled(x, t), kw)
-    assert clear.float().mean() > 0.5
+    # Rows whose nucleus ends in the flat tail (crossing token below the margin) are skipped; at least a
+    # quarter of the rows (16) must still be compared token for token.
+    assert clear.float().mean() >= 0.25
     assert torch.equal(sample(x, t, seeds, offs, **kw)[clear], _masked_plain(x, t, seeds, offs, keep)[clear])
     state = torch.empty(B, dtype=torch.int32, device=GPU)
     tok = torch.empty(B, dtype=torch.int64, device=GPU)
