@@ -7,9 +7,11 @@ tokens as they come; `chat` applies the checkpoint's chat template first.
 from __future__ import annotations
 
 import dataclasses
+import json
 import numbers
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator, Sequence as Seq
 
 from tritium import platform
@@ -48,15 +50,14 @@ class LLM:
 
     def _eos_token_ids(self) -> list[int]:
         """EOS ids from config.json and generation_config.json (chat checkpoints end turns with another id)."""
-        import json
-        from pathlib import Path
-
-        ids = []
         gen = Path(self.config.model) / "generation_config.json"
-        for source in (self.hf_config.eos_token_id, json.loads(gen.read_text()).get("eos_token_id")
-                       if gen.is_file() else None):
-            ids += source if isinstance(source, list) else [source] if source is not None else []
-        return sorted(set(ids))
+        sources = [self.hf_config.eos_token_id]
+        if gen.is_file():
+            sources.append(json.loads(gen.read_text()).get("eos_token_id"))
+        ids = set()
+        for source in sources:
+            ids.update(source if isinstance(source, list) else [] if source is None else [source])
+        return sorted(ids)
 
     # ---- requests ------------------------------------------------------------------------------------
     def _to_ids(self, prompt) -> list[int]:

@@ -177,6 +177,8 @@ class ModelRunner:
             "tables": torch.zeros(n, self.max_blocks_per_seq, dtype=torch.int32, device=dev),
             "hidden": torch.empty(n, self.hf_config.hidden_size, dtype=self.dtype, device=dev),
         }
+        # Valid block ids for every row, used only while tuning (see below).
+        full_tables = torch.arange(s["tables"].numel(), device=dev).view_as(s["tables"]) % self.num_blocks
         pool = None
         for bs in reversed(graph_buckets(n)):
             meta = self._static_meta(bs)
@@ -184,7 +186,7 @@ class ModelRunner:
                 # Tune every kernel at these shapes first, on full-length contexts: tuning on the empty padded
                 # rows would pick the config that is fastest at doing nothing. Slots -1: nothing is written.
                 s["seq_lens"].fill_(self.config.max_model_len)
-                s["tables"].copy_(torch.arange(s["tables"].numel(), device=dev).view_as(s["tables"]) % self.num_blocks)
+                s["tables"].copy_(full_tables)
                 self.model(s["ids"][:bs], s["pos"][:bs], meta)
                 torch.cuda.synchronize()
                 s["seq_lens"].zero_()
