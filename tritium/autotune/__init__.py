@@ -3,6 +3,11 @@
 - On the GPU the kernel is tuned over all of CONFIGS on first use of each key (bucketed sizes), as
   triton.autotune does. Tuning synchronizes, so it must happen before CUDA-graph capture: run each shape
   bucket once eagerly first.
+- Each trial is timed replayed inside a CUDA graph (`graph_bench`): triton's default do_bench includes the
+  host's ~5 us launch cost, which swamps 1-3 us row kernels and makes their choice noise.
+- In-place kernels name their written arguments in `tune_on_copies`: the first launch of an untuned key
+  runs the tuner's trials on copies of them (same strides), so trials never touch the caller's tensors and
+  no clone/restore is timed; the real launch then reuses the winner.
 - Under Triton's interpreter, autotuning with several configs crashes, so a single config runs:
   `interpret_config` when the kernel names one (the interpreter's cost is per program and per op, so it wants
   few, wide programs, unlike the GPU), else CONFIGS[0].
@@ -14,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+import torch
+
 import triton
 
 from tritium.platform import INTERPRET
@@ -24,23 +31,68 @@ def next_pow2(n: int) -> int:
     return 1 if n <= 1 else 1 << (int(n) - 1).bit_length()
 
 
+def graph_bench(kernel_call, quantiles):
+    """The autotuner's timer: device time of `kernel_call` replayed in a CUDA graph, as triton's do_bench
+    returns it for `quantiles`; plain do_bench where capture fails (a compile error re-raises from there)."""
+    from triton import testing
+
+    try:
+        return testing.do_bench_cudagraph(kernel_call, rep=10, quantiles=quantiles)
+    except Exception:
+        return testing.do_bench(kernel_call, quantiles=quantiles)
+
+
+def tuning_key(arg_names, keys, args, kwargs) -> tuple:
+    """The key triton's Autotuner.run caches a choice under: the `keys` arguments' values, then the dtype
+    of every argument that has one, in argument order (mirrors triton 3.6 Autotuner.run)."""
+    named = {k: v for k, v in {**dict(zip(arg_names, args)), **kwargs}.items() if k in arg_names}
+    dtypes = [str(v.dtype) for v in named.values() if hasattr(v, "dtype")]
+    return tuple([named[k] for k in keys if k in named] + dtypes)
+
+
+def with_copies(arg_names, names, args, kwargs):
+    """(args, kwargs) with the tensors named in `names` replaced by copies of the same shape, strides and
+    values (a strided view's copy keeps its strides, as the kernel gets them separately); one tensor
+    passed twice gets one copy, so aliasing is kept."""
+    copies = {}
+
+    def copy(name, v):
+        if name not in names or not isinstance(v, torch.Tensor):
+            return v
+        if id(v) not in copies:
+            copies[id(v)] = torch.empty_strided(v.shape, v.stride(), dtype=v.dtype, device=v.device).copy_(v)
+        return copies[id(v)]
+
+    return [copy(n, v) for n, v in zip(arg_names, args)] + list(args[len(arg_names):]), {
+        n: copy(n, v) for n, v in kwargs.items()}
+
+
 @dataclass
 class TunedKernel:
-    """A @triton.jit function, its config space, and the autotuner built over it."""
+    """A @triton.jit function, its config space, the autotuner built over it, and the written arguments
+    to tune on copies."""
 
     fn: triton.runtime.JITFunction
     configs: list
     tuner: triton.runtime.Autotuner
+    tune_on_copies: tuple = ()
 
     def __call__(self, grid, *args, config: triton.Config | None = None, **kwargs):
         """Launch over `grid` (a tuple, or a callable of the meta-parameters) with the tuned config, or
         with `config` when given."""
         if config is None:
-            return self.tuner[grid](*args, **kwargs)
+            t = self.tuner
+            if self.tune_on_copies and len(t.configs) > 1 and self._untuned(args, kwargs):
+                cargs, ckwargs = with_copies(t.arg_names, self.tune_on_copies, args, kwargs)
+                t[grid](*cargs, **ckwargs)  # tunes this key; trials and this launch write the copies only
+            return t[grid](*args, **kwargs)
         meta = dict(config.kwargs)
         if callable(grid):
             grid = grid(meta)
         return self.fn[grid](*args, **kwargs, **config.all_kwargs())
+
+    def _untuned(self, args, kwargs) -> bool:
+        return tuning_key(self.tuner.arg_names, self.tuner.keys, args, kwargs) not in self.tuner.cache
 
 
 def tuned(
@@ -50,9 +102,12 @@ def tuned(
     restore_value: Sequence[str] = (),
     reset_to_zero: Sequence[str] = (),
     interpret_config: triton.Config | None = None,
+    tune_on_copies: Sequence[str] = (),
 ) -> TunedKernel:
-    """Wrap a jitted kernel with its autotune space. `restore_value` names in-place arguments that tuning
-    must restore between trials; `reset_to_zero` names accumulators that must start at zero."""
+    """Wrap a jitted kernel with its autotune space. `tune_on_copies` names arguments the kernel writes
+    that tuning trials must not touch (in-place outputs): an untuned key is first tuned on copies of them.
+    `restore_value` names in-place arguments that tuning must restore between trials (the restore is timed
+    with every trial: prefer tune_on_copies); `reset_to_zero` names accumulators that must start at zero."""
     configs = list(configs)
     if len(configs) < 1:
         raise ValueError("a kernel needs at least one config")
@@ -62,8 +117,9 @@ def tuned(
         key=list(key),
         restore_value=list(restore_value) or None,
         reset_to_zero=list(reset_to_zero) or None,
+        do_bench=None if INTERPRET else graph_bench,
     )(fn)
-    return TunedKernel(fn=fn, configs=configs, tuner=tuner)
+    return TunedKernel(fn=fn, configs=configs, tuner=tuner, tune_on_copies=tuple(tune_on_copies))
 
 
 def config_id(config: triton.Config) -> str:

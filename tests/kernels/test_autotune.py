@@ -1,0 +1,130 @@
+"""The autotune layer's mechanisms, on the CPU: in-place kernels tuned on copies (the caller's tensors see
+exactly one launch per call, the tuner runs once per key), triton's cache key mirrored, and the graph
+timer's fallback. A real triton Autotuner runs in the interpreter with a stand-in timer."""
+import pytest
+import torch
+import triton
+import triton.language as tl
+
+import tritium.autotune as at
+from tritium.autotune import TunedKernel, next_pow2, tuning_key, with_copies
+
+
+@triton.jit
+def _affine_kernel(
+    x_ptr,  # [N] strided, in place: x <- 2 x + 1 (not idempotent, so every extra launch shows)
+    n,  # N
+    n_bucket,  # next_pow2(N) (autotune key)
+    stride,  # x stride
+    BLOCK: tl.constexpr,
+):
+    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    p = x_ptr + i * stride
+    tl.store(p, tl.load(p, mask=i < n) * 2.0 + 1.0, mask=i < n)
+
+
+CONFIGS = [triton.Config({"BLOCK": 4}, num_warps=1), triton.Config({"BLOCK": 8}, num_warps=1)]
+
+
+class _Timer:
+    """Stand-in for do_bench: runs each trial 3 times (as a real timer does) and makes BLOCK=8 win."""
+
+    def __init__(self):
+        self.trials = 0
+
+    def __call__(self, kernel_call, quantiles):
+        self.trials += 1
+        for _ in range(3):
+            kernel_call()
+        t = 1.0 if self.trials % 2 == 0 else 2.0  # configs are timed in CONFIGS order: the second wins
+        return [t, t, t]
+
+
+def _kernel(tune_on_copies=("x_ptr",)):
+    timer = _Timer()
+    tuner = triton.autotune(configs=CONFIGS, key=["n_bucket"], do_bench=timer)(_affine_kernel)
+    return TunedKernel(fn=_affine_kernel, configs=CONFIGS, tuner=tuner, tune_on_copies=tune_on_copies), timer
+
+
+def _launch(tk, x):
+    n = x.shape[0]
+    tk(lambda meta: (triton.cdiv(n, meta["BLOCK"]),), x, n, next_pow2(n), x.stride(0))
+
+
+def test_in_place_kernel_tuned_on_copies_once_per_key():
+    tk, timer = _kernel()
+    buf = torch.randn(2 * 13)
+    x = buf[::2]  # a strided view: a copy must keep stride 2
+    before = buf.clone()
+    _launch(tk, x)
+    assert timer.trials == 2, "each config timed once on the first launch of a key"
+    assert torch.equal(x, before[::2] * 2 + 1), "the caller's tensor saw exactly one launch"
+    assert torch.equal(buf[1::2], before[1::2]), "nothing outside the view written"
+    key = tuning_key(tk.tuner.arg_names, tk.tuner.keys, (x, 13, 16, 2), {})
+    assert list(tk.tuner.cache) == [key], "our key is the one triton cached the choice under"
+    assert tk.tuner.cache[key].kwargs["BLOCK"] == 8
+
+    _launch(tk, x)  # same key (13 -> bucket 16): no trials
+    assert timer.trials == 2
+    assert torch.equal(x, (before[::2] * 2 + 1) * 2 + 1)
+
+    y = torch.randn(3)
+    y0 = y.clone()
+    _launch(tk, y)  # a new key: tuned again, again on copies
+    assert timer.trials == 4 and len(tk.tuner.cache) == 2
+    assert torch.equal(y, y0 * 2 + 1)
+
+
+def test_without_copies_the_trials_clobber_the_input():
+    """The property above is the mechanism's doing: with nothing named, trials run on the real tensor."""
+    tk, timer = _kernel(tune_on_copies=())
+    x = torch.randn(5)
+    x0 = x.clone()
+    _launch(tk, x)
+    assert timer.trials == 2
+    assert not torch.equal(x, x0 * 2 + 1)
+
+
+def test_tuning_key_includes_dtypes_and_kwargs():
+    names = ["a_ptr", "n", "b_ptr", "FLAG"]
+    a, b = torch.zeros(2, dtype=torch.float16), torch.zeros(2)
+    assert tuning_key(names, ["n", "FLAG"], (a, 7), {"b_ptr": b, "FLAG": True, "grid": 1}) == (
+        7, True, "torch.float16", "torch.float32")
+
+
+def test_with_copies_keeps_strides_values_and_aliasing():
+    base = torch.randn(6, 10)
+    v = base[:, 2:8].view(6, 2, 3)  # a strided slice, like q out of a packed qkv row
+    other = torch.randn(4)
+    args, kwargs = with_copies(["q_ptr", "k_ptr", "n", "w_ptr"], ("q_ptr", "k_ptr"), (v, v, 5), {"w_ptr": other})
+    q, k, n = args
+    assert q is k, "one tensor passed twice gets one copy"
+    assert q.data_ptr() != v.data_ptr() and q.stride() == v.stride() and torch.equal(q, v)
+    assert n == 5 and kwargs["w_ptr"] is other, "unnamed arguments pass through"
+
+
+def test_graph_bench_falls_back_to_do_bench(monkeypatch):
+    from triton import testing
+
+    def no_graph(fn, rep, quantiles):
+        raise RuntimeError("capture failed")
+
+    seen = {}
+
+    def plain(fn, quantiles):
+        seen["q"] = quantiles
+        return [1.0, 0.5, 2.0]
+
+    monkeypatch.setattr(testing, "do_bench_cudagraph", no_graph)
+    monkeypatch.setattr(testing, "do_bench", plain)
+    assert at.graph_bench(lambda: None, quantiles=(0.5, 0.2, 0.8)) == [1.0, 0.5, 2.0]
+    assert seen["q"] == (0.5, 0.2, 0.8)
+    monkeypatch.setattr(testing, "do_bench_cudagraph", lambda fn, rep, quantiles: [3.0, 2.0, 4.0])
+    assert at.graph_bench(lambda: None, quantiles=(0.5, 0.2, 0.8)) == [3.0, 2.0, 4.0]
+
+
+@pytest.mark.gpu
+def test_gpu_graph_bench_times_a_kernel():
+    x = torch.randn(1 << 12, device="cuda")
+    r = at.graph_bench(lambda: x.mul_(1.0), quantiles=(0.5, 0.2, 0.8))
+    assert len(r) == 3 and 0 < r[1] <= r[0] <= r[2] < 1.0  # ms
