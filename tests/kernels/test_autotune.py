@@ -115,6 +115,7 @@ def test_graph_bench_falls_back_to_do_bench(monkeypatch):
         seen["q"] = quantiles
         return [1.0, 0.5, 2.0]
 
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
     monkeypatch.setattr(testing, "do_bench_cudagraph", no_graph)
     monkeypatch.setattr(testing, "do_bench", plain)
     assert at.graph_bench(lambda: None, quantiles=(0.5, 0.2, 0.8)) == [1.0, 0.5, 2.0]
@@ -128,3 +129,16 @@ def test_gpu_graph_bench_times_a_kernel():
     x = torch.randn(1 << 12, device="cuda")
     r = at.graph_bench(lambda: x.mul_(1.0), quantiles=(0.5, 0.2, 0.8))
     assert len(r) == 3 and 0 < r[1] <= r[0] <= r[2] < 1.0  # ms
+
+
+@pytest.mark.gpu
+def test_gpu_tuned_in_place_kernel_sees_one_launch():
+    """The real tuner (graph-timed trials) on the GPU: the strided in-place tensor is updated exactly once."""
+    tk = at.tuned(_affine_kernel, CONFIGS, key=["n_bucket"], tune_on_copies=("x_ptr",))
+    buf = torch.randn(2 * 1000, device="cuda")
+    x = buf[::2]
+    before = buf.clone()
+    _launch(tk, x)
+    assert len(tk.tuner.cache) == 1
+    assert torch.equal(x, before[::2] * 2 + 1)
+    assert torch.equal(buf[1::2], before[1::2])

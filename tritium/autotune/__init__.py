@@ -37,6 +37,7 @@ def graph_bench(kernel_call, quantiles):
     from triton import testing
 
     try:
+        torch.cuda.synchronize()  # the graph runs on a side stream: let the inputs' producers finish first
         return testing.do_bench_cudagraph(kernel_call, rep=10, quantiles=quantiles)
     except Exception:
         return testing.do_bench(kernel_call, quantiles=quantiles)
