@@ -30,8 +30,10 @@ from tritium.platform import INTERPRET
 
 # Rows of hidden-size width (H = 1000..8192): one to a few rows per program, warps scaled with width.
 # Narrow rows (H = 1024 bf16: 2 KiB) also get 4-8 rows per program, so each one moves 8-16 KiB a tensor.
+# One row on 2 warps: a launch-bound 16-256 token call gets a program per row, each a short one.
 CONFIGS = [
     triton.Config({"ROWS": 1}, num_warps=4),
+    triton.Config({"ROWS": 1}, num_warps=2),
     triton.Config({"ROWS": 1}, num_warps=8),
     triton.Config({"ROWS": 1}, num_warps=16),
     triton.Config({"ROWS": 2}, num_warps=4),
@@ -44,6 +46,7 @@ CONFIGS = [
 HEAD_CONFIGS = [
     triton.Config({"ROWS": 8}, num_warps=4),
     triton.Config({"ROWS": 4}, num_warps=2),
+    triton.Config({"ROWS": 2}, num_warps=1),
     triton.Config({"ROWS": 16}, num_warps=4),
     triton.Config({"ROWS": 32}, num_warps=8),
 ]
@@ -79,6 +82,8 @@ def _rms_norm_kernel(
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     cols = tl.arange(0, BLOCK_N)
     col_ok = cols < n_cols
+    # The weight first: its load overlaps x's instead of following the reduction.
+    w = tl.load(w_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
     mask = (rows < n_rows)[:, None] & col_ok[None, :]
     # 64-bit offsets: T x row stride can pass 2^31 for long prefills.
     t = (rows // n_heads).to(tl.int64)
@@ -92,18 +97,18 @@ def _rms_norm_kernel(
         tl.store(ro_ptr + (t * stride_rot)[:, None] + cols[None, :], s, mask=mask)
         x = s.to(tl.float32)
     inv = tl.rsqrt(tl.sum(x * x, axis=1) / n_cols + eps)
-    w = tl.load(w_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
     n = (x * inv[:, None]).to(y_ptr.dtype.element_ty).to(tl.float32)
     y = (n * w[None, :]).to(y_ptr.dtype.element_ty)
     tl.store(y_ptr + (t * stride_yt + h * stride_yh)[:, None] + cols[None, :], y, mask=mask)
 
 
-# No restore_value: the tuner would time its clone-and-copy-back of x and r with every trial (4 extra
-# passes over memory, leaving the inputs L2-hot), so its choice came from noise and warm-cache runs. In-place
-# calls (out=x, residual_out=residual) are instead tuned once on scratch outputs (_launch).
-_rows_kernel = tuned(_rms_norm_kernel, CONFIGS, key=KEY, interpret_config=INTERPRET_CONFIG)
-_heads_kernel = tuned(_rms_norm_kernel, HEAD_CONFIGS, key=KEY, interpret_config=HEAD_INTERPRET_CONFIG)
-_tuned_keys: set = set()  # (kernel, n_cols, rows bucket, residual?, dtypes) already tuned on scratch outputs
+# In-place calls (out=x, residual_out=residual) are tuned on copies of the outputs: no restore_value, whose
+# clone-and-copy-back of x and r the tuner would time with every trial (4 extra passes over memory).
+_OUTS = ("y_ptr", "ro_ptr")
+_rows_kernel = tuned(_rms_norm_kernel, CONFIGS, key=KEY, interpret_config=INTERPRET_CONFIG, tune_on_copies=_OUTS)
+_heads_kernel = tuned(
+    _rms_norm_kernel, HEAD_CONFIGS, key=KEY, interpret_config=HEAD_INTERPRET_CONFIG, tune_on_copies=_OUTS
+)
 
 
 def _check(t, name: str, shape, dtype, device) -> None:
@@ -142,15 +147,6 @@ def _launch(kernel, x, r, w, y, ro, n_heads, sx, sr, sy, sro, eps, has_residual,
         cap = INTERPRET_CONFIG if kernel is _rows_kernel else HEAD_INTERPRET_CONFIG
         config = triton.Config({"ROWS": min(cap.kwargs["ROWS"], next_pow2(n_rows))}, num_warps=cap.num_warps)
     n_cols = x.shape[-1]
-    key = (kernel is _rows_kernel, n_cols, next_pow2(n_rows), has_residual, x.dtype, w.dtype)
-    if config is None and key not in _tuned_keys:
-        # First launch of this tuning key: let the tuner's trials write scratch outputs, never x / residual.
-        _tuned_keys.add(key)
-        ys = torch.empty(x.shape, dtype=y.dtype, device=x.device)
-        ros = torch.empty(x.shape, dtype=ro.dtype, device=x.device) if has_residual else ys
-        sys_ = (ys.stride(0), ys.stride(1) if ys.dim() == 3 else 0)
-        _launch(kernel, x, r, w, ys, ros, n_heads, sx, sr, sys_, ros.stride(0) if has_residual else 0, eps,
-                has_residual, None)
     kernel(
         lambda meta: (triton.cdiv(n_rows, meta["ROWS"]),),
         x, r, w, y, ro, n_rows, n_heads, n_cols, next_pow2(n_rows),
