@@ -43,30 +43,38 @@ DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 @triton.jit
-def _rope_heads(
+def _heads_ptr(
     ptr,  # [T, H, D] q or k; last dim contiguous
-    w_ptr,  # [D] norm weight (used when NORM)
     t,  # [BLOCK_T] token indices of this program
     n_tokens, n_heads, stride_t, stride_h,
-    cos, sin,  # [BLOCK_T, 1, HALF_P2] fp32
-    eps,
-    NORM: tl.constexpr, HALF: tl.constexpr, HALF_P2: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr,
+    HALF: tl.constexpr, HALF_P2: tl.constexpr, BLOCK_H: tl.constexpr,
 ):
+    """Pointers to the first halves of this program's head vectors [BLOCK_T, BLOCK_H, HALF_P2], and their mask."""
     h = tl.arange(0, BLOCK_H)
     d = tl.arange(0, HALF_P2)
     mask = (t < n_tokens)[:, None, None] & (h < n_heads)[None, :, None] & (d < HALF)[None, None, :]
-    p = ptr + t.to(tl.int64)[:, None, None] * stride_t + (h * stride_h)[None, :, None] + d[None, None, :]
-    x1 = tl.load(p, mask=mask, other=0.0).to(tl.float32)
-    x2 = tl.load(p + HALF, mask=mask, other=0.0).to(tl.float32)
+    return ptr + t.to(tl.int64)[:, None, None] * stride_t + (h * stride_h)[None, :, None] + d[None, None, :], mask
+
+
+@triton.jit
+def _norm_rope_store(
+    p, mask,  # from _heads_ptr
+    x1, x2,  # [BLOCK_T, BLOCK_H, HALF_P2] the loaded halves, in x's dtype
+    w1, w2,  # [1, 1, HALF_P2] fp32 norm weight halves (used when NORM)
+    cos, sin,  # [BLOCK_T, 1, HALF_P2] fp32
+    eps,
+    NORM: tl.constexpr, HALF: tl.constexpr,
+):
+    dt = p.dtype.element_ty
+    x1 = x1.to(tl.float32)
+    x2 = x2.to(tl.float32)
     if NORM:
         inv = tl.rsqrt((tl.sum(x1 * x1, axis=2) + tl.sum(x2 * x2, axis=2)) / (2 * HALF) + eps)[:, :, None]
-        w1 = tl.load(w_ptr + d, mask=d < HALF, other=0.0).to(tl.float32)[None, None, :]
-        w2 = tl.load(w_ptr + HALF + d, mask=d < HALF, other=0.0).to(tl.float32)[None, None, :]
         # transformers' rounding: rnd(rnd(x * inv) * w), then RoPE on that stored value.
-        x1 = ((x1 * inv).to(ptr.dtype.element_ty).to(tl.float32) * w1).to(ptr.dtype.element_ty).to(tl.float32)
-        x2 = ((x2 * inv).to(ptr.dtype.element_ty).to(tl.float32) * w2).to(ptr.dtype.element_ty).to(tl.float32)
-    tl.store(p, (x1 * cos - x2 * sin).to(ptr.dtype.element_ty), mask=mask)
-    tl.store(p + HALF, (x2 * cos + x1 * sin).to(ptr.dtype.element_ty), mask=mask)
+        x1 = ((x1 * inv).to(dt).to(tl.float32) * w1).to(dt).to(tl.float32)
+        x2 = ((x2 * inv).to(dt).to(tl.float32) * w2).to(dt).to(tl.float32)
+    tl.store(p, (x1 * cos - x2 * sin).to(dt), mask=mask)
+    tl.store(p + HALF, (x2 * cos + x1 * sin).to(dt), mask=mask)
 
 
 @triton.jit
@@ -93,20 +101,38 @@ def _rope_kernel(
 ):
     t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
     t_ok = t < n_tokens
-    pos = tl.load(pos_ptr + t, mask=t_ok, other=0).to(tl.int64)
-    pos = tl.minimum(tl.maximum(pos, 0), max_pos - 1)
     d = tl.arange(0, HALF_P2)
+    # Every load that does not depend on the position goes out before the cos/sin loads, which wait for
+    # it: one memory round trip for the q/k data instead of a position round trip and then another.
+    pos = tl.load(pos_ptr + t, mask=t_ok, other=0)
+    pq, mq = _heads_ptr(q_ptr, t, n_tokens, n_q_heads, stride_qt, stride_qh, HALF, HALF_P2, BLOCK_HQ)
+    pk, mk = _heads_ptr(k_ptr, t, n_tokens, n_kv_heads, stride_kt, stride_kh, HALF, HALF_P2, BLOCK_HK)
+    q1 = tl.load(pq, mask=mq, other=0.0)
+    q2 = tl.load(pq + HALF, mask=mq, other=0.0)
+    k1 = tl.load(pk, mask=mk, other=0.0)
+    k2 = tl.load(pk + HALF, mask=mk, other=0.0)
+    qw1 = 0.0  # the norm weights, fp32 [1, 1, HALF_P2] halves (NORM only)
+    qw2 = 0.0
+    kw1 = 0.0
+    kw2 = 0.0
+    if NORM:
+        dm = d < HALF
+        qw1 = tl.load(qw_ptr + d, mask=dm, other=0.0).to(tl.float32)[None, None, :]
+        qw2 = tl.load(qw_ptr + HALF + d, mask=dm, other=0.0).to(tl.float32)[None, None, :]
+        kw1 = tl.load(kw_ptr + d, mask=dm, other=0.0).to(tl.float32)[None, None, :]
+        kw2 = tl.load(kw_ptr + HALF + d, mask=dm, other=0.0).to(tl.float32)[None, None, :]
+    pos = tl.minimum(tl.maximum(pos.to(tl.int64), 0), max_pos - 1)
     cmask = t_ok[:, None] & (d < HALF)[None, :]
     c = cs_ptr + pos[:, None] * stride_cs + d[None, :]
     cos = tl.load(c, mask=cmask, other=0.0)[:, None, :]
     sin = tl.load(c + HALF, mask=cmask, other=0.0)[:, None, :]
-    _rope_heads(q_ptr, qw_ptr, t, n_tokens, n_q_heads, stride_qt, stride_qh, cos, sin, eps,
-                NORM, HALF, HALF_P2, BLOCK_T, BLOCK_HQ)
-    _rope_heads(k_ptr, kw_ptr, t, n_tokens, n_kv_heads, stride_kt, stride_kh, cos, sin, eps,
-                NORM, HALF, HALF_P2, BLOCK_T, BLOCK_HK)
+    _norm_rope_store(pq, mq, q1, q2, qw1, qw2, cos, sin, eps, NORM, HALF)
+    _norm_rope_store(pk, mk, k1, k2, kw1, kw2, cos, sin, eps, NORM, HALF)
 
 
-_kernel = tuned(_rope_kernel, CONFIGS, key=KEY, restore_value=["q_ptr", "k_ptr"], interpret_config=INTERPRET_CONFIG)
+# q and k are rotated in place: the tuner's trials run on copies of them (no restore_value, whose
+# clone-and-copy-back the tuner would time with every trial).
+_kernel = tuned(_rope_kernel, CONFIGS, key=KEY, interpret_config=INTERPRET_CONFIG, tune_on_copies=("q_ptr", "k_ptr"))
 
 
 def rope_cos_sin(head_dim: int, max_position: int, theta: float, device=None) -> torch.Tensor:
