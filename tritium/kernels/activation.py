@@ -24,6 +24,8 @@ CONFIGS = [
     triton.Config({"BLOCK_T": 4, "BLOCK_F": 1024}, num_warps=8),
     triton.Config({"BLOCK_T": 4, "BLOCK_F": 512}, num_warps=4),
     triton.Config({"BLOCK_T": 8, "BLOCK_F": 256}, num_warps=4),
+    # Launch-bound decode (1-64 tokens): more, shorter programs.
+    triton.Config({"BLOCK_T": 1, "BLOCK_F": 512}, num_warps=2),
 ]
 # The interpreter's config (never used on the GPU): up to 128 rows x 1024 columns per program (a 329-token
 # prefill at F <= 1024 is 3 programs instead of 329).

@@ -25,6 +25,8 @@ CONFIGS = [
     triton.Config({"BLOCK_T": 2, "BLOCK_C": 1024}, num_warps=4),
     triton.Config({"BLOCK_T": 4, "BLOCK_C": 1024}, num_warps=8),
     triton.Config({"BLOCK_T": 1, "BLOCK_C": 512}, num_warps=2),
+    # Launch-bound 1-64 token calls: more, shorter programs (16 B per thread per tensor).
+    triton.Config({"BLOCK_T": 1, "BLOCK_C": 256}, num_warps=1),
     triton.Config({"BLOCK_T": 8, "BLOCK_C": 512}, num_warps=8),
 ]
 # The interpreter's config (never used on the GPU): up to 128 tokens x 1024 columns (Qwen3's Hkv * D) per
@@ -55,16 +57,21 @@ def _store_kv_kernel(
 ):
     t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    slot = tl.load(slot_ptr + t, mask=t < n_tokens, other=-1).to(tl.int64)
-    row_ok = (slot >= 0) & (slot < n_slots)
-    mask = row_ok[:, None] & (c < n_cols)[None, :]
+    t_ok = t < n_tokens
+    c_ok = (c < n_cols)[None, :]
     h = (c // HEAD_DIM)[None, :]
     d = (c % HEAD_DIM)[None, :]
+    t64 = t.to(tl.int64)[:, None]
+    # k, v and the slot load all go out together: k / v are masked on the token bound only (a skipped
+    # token's row is read, never written), so they do not wait for the slot to arrive; its test masks
+    # the stores.
+    slot = tl.load(slot_ptr + t, mask=t_ok, other=-1).to(tl.int64)
+    in_mask = t_ok[:, None] & c_ok
+    k = tl.load(k_ptr + t64 * stride_kt + h * stride_kh + d, mask=in_mask)
+    v = tl.load(v_ptr + t64 * stride_vt + h * stride_vh + d, mask=in_mask)
+    mask = ((slot >= 0) & (slot < n_slots))[:, None] & c_ok
     blk = (slot // block_size)[:, None]
     off = (slot % block_size)[:, None]
-    t64 = t.to(tl.int64)[:, None]
-    k = tl.load(k_ptr + t64 * stride_kt + h * stride_kh + d, mask=mask)
-    v = tl.load(v_ptr + t64 * stride_vt + h * stride_vh + d, mask=mask)
     tl.store(kc_ptr + blk * stride_kcb + off * stride_kcs + h * stride_kch + d, k, mask=mask)
     tl.store(vc_ptr + blk * stride_vcb + off * stride_vcs + h * stride_vch + d, v, mask=mask)
 
