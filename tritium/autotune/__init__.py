@@ -3,8 +3,10 @@
 - On the GPU the kernel is tuned over all of CONFIGS on first use of each key (bucketed sizes), as
   triton.autotune does. Tuning synchronizes, so it must happen before CUDA-graph capture: run each shape
   bucket once eagerly first.
-- Each trial is timed replayed inside a CUDA graph (`graph_bench`): triton's default do_bench includes the
-  host's ~5 us launch cost, which swamps 1-3 us row kernels and makes their choice noise.
+- Each trial is timed replayed inside a CUDA graph (`graph_bench`), back to back as the model's graphs run
+  kernels: triton's default do_bench times one isolated call between CUDA events (plus the host's launch
+  time whenever it outlasts the L2 flush before it), which swamps the differences between configs of 1-3 us
+  kernels. The graph does not flush L2: inputs smaller than it are timed warm.
 - In-place kernels name their written arguments in `tune_on_copies`: the first launch of an untuned key
   runs the tuner's trials on copies of them (same strides), so trials never touch the caller's tensors and
   no clone/restore is timed; the real launch then reuses the winner.
@@ -20,7 +22,6 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
-
 import triton
 
 from tritium.platform import INTERPRET
