@@ -6,7 +6,7 @@ k, v: [T, Hkv, D] (any strides with a contiguous last dim, e.g. slices of a pack
 k_cache, v_cache: [num_blocks, B, Hkv, D] (any strides, contiguous last dim), the same dtype as k and v
 (fp16, bf16 or fp32). slot_mapping: [T] int32 or int64, distinct slots; -1 skips the token (CUDA-graph
 padding), and so does any slot >= num_blocks * B (never written out of bounds). Exact copy. B: any block
-size (the engine uses powers of two, 16..256).
+size (the engine uses powers of two, 16..256), a compile-time constant of the kernel.
 Tiled in 2-D over (tokens, Hkv * D columns): each program copies BLOCK_T rows of BLOCK_C elements.
 Under Triton's CPU interpreter a launch without config= runs INTERPRET_CONFIG with its blocks cut to
 next_pow2 of T and Hkv * D: many tokens per program, as the interpreter's cost is per program and per op.
@@ -46,12 +46,12 @@ def _store_kv_kernel(
     n_tokens,  # T
     tokens_bucket,  # next_pow2(T) (autotune key)
     n_cols,  # H * D (autotune key)
-    block_size,  # B
     n_slots,  # num_blocks * B
     stride_kt, stride_kh, stride_vt, stride_vh,
     stride_kcb, stride_kcs, stride_kch,  # k_cache strides of dims 0, 1, 2
     stride_vcb, stride_vcs, stride_vch,  # v_cache strides of dims 0, 1, 2
     HEAD_DIM: tl.constexpr,  # D
+    BLOCK_SIZE: tl.constexpr,  # B: a constant, so slot // B and slot % B are shifts, not a 64-bit division
     BLOCK_T: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
@@ -70,8 +70,8 @@ def _store_kv_kernel(
     k = tl.load(k_ptr + t64 * stride_kt + h * stride_kh + d, mask=in_mask)
     v = tl.load(v_ptr + t64 * stride_vt + h * stride_vh + d, mask=in_mask)
     mask = ((slot >= 0) & (slot < n_slots))[:, None] & c_ok
-    blk = (slot // block_size)[:, None]
-    off = (slot % block_size)[:, None]
+    blk = (slot // BLOCK_SIZE)[:, None]
+    off = (slot % BLOCK_SIZE)[:, None]
     tl.store(kc_ptr + blk * stride_kcb + off * stride_kcs + h * stride_kch + d, k, mask=mask)
     tl.store(vc_ptr + blk * stride_vcb + off * stride_vcs + h * stride_vch + d, v, mask=mask)
 
@@ -119,12 +119,11 @@ def store_kv(k, v, k_cache, v_cache, slot_mapping, *, config=None) -> None:
         )
     _kernel(
         lambda meta: (triton.cdiv(n, meta["BLOCK_T"]), triton.cdiv(h * d, meta["BLOCK_C"])),
-        k, v, k_cache, v_cache, slot_mapping, n, next_pow2(n), h * d, k_cache.shape[1],
-        k_cache.shape[0] * k_cache.shape[1],
+        k, v, k_cache, v_cache, slot_mapping, n, next_pow2(n), h * d, k_cache.shape[0] * k_cache.shape[1],
         k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
-        HEAD_DIM=d, config=config,
+        HEAD_DIM=d, BLOCK_SIZE=k_cache.shape[1], config=config,
     )
 
 
