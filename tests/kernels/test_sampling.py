@@ -12,6 +12,7 @@ from hypothesis import assume, given, strategies as st
 
 import tritium
 from tritium.kernels import sampling as S
+from tritium.kernels import sampling_bracket as B_
 from tritium.kernels import sampling_filter as F
 from tritium.kernels.sampling import sample, sample_probs_ref, sample_ref
 from tritium.kernels.sampling_threshold import keep_mask_ref
@@ -250,11 +251,14 @@ def test_candidate_windows_and_general_path(monkeypatch):
     state = torch.empty(B, dtype=torch.int32, device=DEV)
     tok = torch.empty(B, dtype=torch.int64, device=DEV)
     lp = torch.empty(B, device=DEV)  # (with logprobs the greedy row needs its kept set too)
-    F.sample_filtered(x, t, seeds, offs, kw["top_k"], kw["top_p"], kw["min_p"], tok, lp, state=state)
-    assert state.tolist() == [0, 0, 1, 1, 1, 1], state.tolist()
-    assert torch.equal(tok, want)
     _, logp = sample_probs_ref(x, t, **kw)
-    torch.testing.assert_close(lp, logp.gather(1, tok[:, None])[:, 0], atol=1e-5, rtol=1e-5)
+    # 0: drawn from the candidate window, 1: after the bracket rounds, 2: by the sequential kernel (no rounds)
+    for rounds, paths in ((B_.ROUNDS, [0, 0, 1, 1, 1, 1]), (0, [0, 0, 1, 2, 2, 2])):
+        monkeypatch.setattr(B_, "ROUNDS", rounds)
+        F.sample_filtered(x, t, seeds, offs, kw["top_k"], kw["top_p"], kw["min_p"], tok, lp, state=state)
+        assert state.tolist() == paths
+        assert torch.equal(tok, want)
+        torch.testing.assert_close(lp, logp.gather(1, tok[:, None])[:, 0], atol=1e-5, rtol=1e-5)
     monkeypatch.setattr(F, "CAPC", 2)  # more lane maxima than slots: those chunks give no candidates
     F.sample_filtered(x, t, seeds, offs, kw["top_k"], kw["top_p"], kw["min_p"], tok, None, state=state)
     assert torch.equal(tok, want)

@@ -183,8 +183,13 @@ def _sample_merge_kernel(
     C,  # chunks per row
     STATS: tl.constexpr,
     CPAD: tl.constexpr,  # next_pow2(C)
+    gate_ptr=None,  # [B, 4] int32 (optional): merge only rows whose first entry is GATE
+    GATE: tl.constexpr = 0,
 ):
     row = tl.program_id(0).to(tl.int64)
+    if gate_ptr is not None:
+        if tl.load(gate_ptr + row * 4) != GATE:
+            return
     c = tl.arange(0, CPAD)
     cm = c < C
     part = part_f_ptr + (row * C + c) * 3

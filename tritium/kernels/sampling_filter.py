@@ -9,20 +9,22 @@ Semantics (joint, all on the unfiltered distribution p = softmax(z) of a row, z 
 top-k and top-p share one predicate: v* = max(v_k, v_p) is the largest present value v with
 count(z >= v) >= k or mass(z >= v) >= p * sum(exp z).
 
-Three launches (all CUDA-graph safe: fixed grids, no host sync):
+Fixed launches (all CUDA-graph safe: fixed grids, no host sync):
 1. _filter_partial_kernel, grid (B, C): one CHUNK of the row per program, read once, over BLOCK lanes.
-   Each lane keeps its noisy winner, its largest z and its second largest; the program writes the chunk's
-   winner (used by rows without filters), (max, sum exp) of z and its candidates: the lane maxima above
+   Each lane keeps its winner (noisy for unfiltered sampled rows), its largest z and its second largest;
+   the program writes the chunk's winner (used by rows without filters), (max, sum exp) of z and its
+   candidates: the lane maxima above
    the largest lane second value F_c, so every token of the chunk with z > F_c is a candidate (about
    sqrt(BLOCK) of them: the top tokens rarely share a lane).
 2. _filter_finish_kernel, grid (B,): merges the chunks (max, sum exp; the unfiltered winner for rows
    without filters) and gathers the row's window: the candidates with z >= max - D, D the widest of a
-   schedule with at most NWIN of them, so every token above the window floor is in it. Walks the window
-   (count and mass at or above each value, by pairwise comparison) to find v*. If the kept set lies above
+   schedule with at most NWIN of them, so every token above the window floor is in it. Sorts the window
+   (count and mass at or above each value: its rank and a cumulative sum) to find v*. If the kept set lies above
    the floor (the usual case: peaked LLM distributions), draws among the kept window tokens, their noise
    recomputed from the token ids; otherwise marks the row pending.
-3. _filter_general_kernel (sampling_threshold.py), grid (B,): pending rows only (others return at once);
-   brackets v* over a few reads of the row by one program. Exact; slower.
+3. sampling_bracket.py: pending rows only (others return at once): a few parallel bracketing rounds over
+   the row, then a draw among the kept tokens; rows even that leaves open go to the exact sequential
+   kernel of sampling_threshold.py.
 """
 from __future__ import annotations
 
@@ -32,19 +34,18 @@ import triton.language as tl
 
 from tritium.autotune import next_pow2, tuned
 from tritium.kernels.sampling import NEG, exp_fast, noisy_scores
-from tritium.kernels import sampling_threshold as th
+from tritium.kernels.sampling_bracket import draw_pending, init_bracket, reset_brackets
 from tritium.kernels.sampling_threshold import predicate_bounds, row_params, threshold, walk_window
 
 # Tokens per program: CHUNK (a multiple of BLOCK, <= FILTER_CHUNK), fixed by V alone, so sums and candidate
 # sets, and with them every draw, do not depend on the batch or the config.
-FILTER_CONFIGS = [triton.Config({}, num_warps=8), triton.Config({}, num_warps=16)]
-FILTER_BLOCK = 2048  # lanes of a program: [BLOCK // 4, 4] tiles
+FILTER_CONFIGS = [triton.Config({}, num_warps=4), triton.Config({}, num_warps=8)]
+FILTER_BLOCK = 1024  # lanes of a program: [BLOCK // 4, 4] tiles (2048 lanes: 1.4x slower on an H200)
 FILTER_CHUNK = 16384
 CAPC = 256  # candidates kept per chunk (lane maxima above the chunk floor: ~sqrt(BLOCK) expected)
 DMAX = 16.0  # widest row window below the max: exp(-16) ~ 1e-7 of the max probability
-NWIN = 512  # most candidates of a row the finishing kernel walks (count and mass by pairwise comparison)
+NWIN = 512  # most candidates of a row the finishing kernel sorts (a power of two)
 NRSCHED = 17  # row windows tried: 0, DMAX * 2**(-15/4), ..., DMAX * 2**(-1/4), DMAX
-WB = 16  # window columns per step of the pairwise walk
 
 
 @triton.jit
@@ -60,7 +61,7 @@ def _unordered(o):
 
 
 @triton.jit
-def _lane_block(row_ptr, off, tile, end, inv_t, sampled, seed, step, best_s, best_o, m1, o1, m2, s1,
+def _lane_block(row_ptr, off, tile, end, inv_t, sampled, seed, step, best_s, best_o, m1, o1, m2, s1, mn,
                 MASKED: tl.constexpr, G: tl.constexpr):
     # one [G, 4] block of tokens off + tile into per-lane state: the noisy winner (best_s at block offset
     # best_o), the largest z (m1 at block offset o1) and the largest of the lane's other z (m2), and
@@ -84,7 +85,8 @@ def _lane_block(row_ptr, off, tile, end, inv_t, sampled, seed, step, best_s, bes
     m2 = tl.maximum(m2, tl.minimum(m1, z))
     o1 = tl.where(gt, off, o1)
     m1 = tl.maximum(m1, z)
-    return best_s, best_o, m1, o1, m2, s1
+    mn = tl.minimum(mn, tl.where(z > NEG, z, float("inf")))  # the smallest finite z (sampling_bracket)
+    return best_s, best_o, m1, o1, m2, s1, mn
 
 
 @triton.jit
@@ -94,11 +96,13 @@ def _filter_partial_kernel(
     temp_ptr,  # [B] fp32
     seed_ptr,  # [B] int64
     step_ptr,  # [B] int64
-    part_f_ptr,  # [B, C, 4] fp32 out: best score, max z, sum exp(z - max), floor F_c
+    topk_ptr, topp_ptr, minp_ptr,  # [B] int32, fp32, fp32 (dummies when HAS_* is off)
+    part_f_ptr,  # [B, C, 5] fp32 out: best score, max z, sum exp(z - max), floor F_c, min finite z
     part_i_ptr,  # [B, C, 2] int32 out: best token, number of candidates
     cand_z_ptr,  # [B, C, CAPC] fp32 out: candidate z
     cand_i_ptr,  # [B, C, CAPC] int32 out: candidate token
     V,  # vocabulary size
+    HAS_K: tl.constexpr, HAS_P: tl.constexpr, HAS_MINP: tl.constexpr,
     CAPC: tl.constexpr,
     CHUNK: tl.constexpr,  # tokens per program, a multiple of BLOCK
     BLOCK: tl.constexpr,  # lanes, a power of two >= 4
@@ -107,9 +111,11 @@ def _filter_partial_kernel(
     c = tl.program_id(1)
     slot = row * tl.num_programs(1) + c
     G: tl.constexpr = BLOCK // 4
-    t = tl.load(temp_ptr + row)
-    sampled = t > 0
-    inv_t = 1.0 / tl.where(sampled, t, 1.0)
+    t, k, p, mp = row_params(temp_ptr, topk_ptr, topp_ptr, minp_ptr, row, HAS_K, HAS_P, HAS_MINP)
+    inv_t = 1.0 / tl.where(t > 0, t, 1.0)
+    # The chunk winner serves unfiltered rows only: filtered rows draw later, among their kept tokens
+    # (their noise recomputed there), so they skip the Philox noise here.
+    sampled = (t > 0) & (k <= 0) & (p >= 1.0) & (mp <= 0)
     seed = tl.load(seed_ptr + row)
     step = tl.load(step_ptr + row)
     tile = tl.arange(0, G)[:, None] * 4 + tl.arange(0, 4)[None, :]
@@ -120,15 +126,16 @@ def _filter_partial_kernel(
     o1 = tl.zeros([G, 4], tl.int32)
     m2 = tl.full([G, 4], NEG, tl.float32)
     s1 = tl.zeros([G, 4], tl.float32)
+    mn = tl.full([G, 4], float("inf"), tl.float32)
     start = c * CHUNK
     end = tl.minimum(start + CHUNK, V)
     full_end = start + (end - start) // BLOCK * BLOCK
     for off in range(start, full_end, BLOCK):
-        best_s, best_o, m1, o1, m2, s1 = _lane_block(row_ptr, off, tile, end, inv_t, sampled, seed, step, best_s,
-                                                     best_o, m1, o1, m2, s1, False, G)
+        best_s, best_o, m1, o1, m2, s1, mn = _lane_block(row_ptr, off, tile, end, inv_t, sampled, seed, step,
+                                                         best_s, best_o, m1, o1, m2, s1, mn, False, G)
     for off in range(full_end, end, BLOCK):
-        best_s, best_o, m1, o1, m2, s1 = _lane_block(row_ptr, off, tile, end, inv_t, sampled, seed, step, best_s,
-                                                     best_o, m1, o1, m2, s1, True, G)
+        best_s, best_o, m1, o1, m2, s1, mn = _lane_block(row_ptr, off, tile, end, inv_t, sampled, seed, step,
+                                                         best_s, best_o, m1, o1, m2, s1, mn, True, G)
     # the best (score, lowest token) in one reduction of packed (ordered score, inverted token) keys
     key = tl.max((_ordered(best_s).to(tl.int64) << 32) | (2147483647 - (best_o + tile)))
     big = tl.max(m1)
@@ -141,11 +148,12 @@ def _filter_partial_kernel(
     pos = tl.reshape(tl.cumsum(tl.reshape(sel.to(tl.int32), [BLOCK]), 0), [G, 4]) - 1
     tl.store(cand_z_ptr + slot * CAPC + pos, m1, mask=sel & fits)
     tl.store(cand_i_ptr + slot * CAPC + pos, o1 + tile, mask=sel & fits)
-    out = part_f_ptr + slot * 4
+    out = part_f_ptr + slot * 5
     tl.store(out, _unordered((key >> 32).to(tl.int32)))
     tl.store(out + 1, big)
     tl.store(out + 2, tl.sum(s1 * tl.exp(m1 - big)))
     tl.store(out + 3, tl.where(fits, floor, float("inf")))
+    tl.store(out + 4, tl.min(mn))
     tl.store(part_i_ptr + slot * 2, 2147483647 - (key & 0xFFFFFFFF).to(tl.int32))
     tl.store(part_i_ptr + slot * 2 + 1, tl.where(fits, n_sel, 0))
 
@@ -154,7 +162,7 @@ def _filter_partial_kernel(
 def _filter_finish_kernel(
     logits_ptr,  # [B, V] (the winner's logit, for logprobs of unfiltered rows)
     stride_row,
-    part_f_ptr,  # [B, C, 4] fp32 from _filter_partial_kernel
+    part_f_ptr,  # [B, C, 5] fp32 from _filter_partial_kernel
     part_i_ptr,  # [B, C, 2] int32
     cand_z_ptr,  # [B, C, CAPC] fp32
     cand_i_ptr,  # [B, C, CAPC] int32
@@ -164,23 +172,25 @@ def _filter_finish_kernel(
     topk_ptr, topp_ptr, minp_ptr,  # [B] int32, fp32, fp32 (dummies when HAS_* is off)
     out_ptr,  # [B] int64 out: token (finished rows)
     lp_ptr,  # [B] fp32 out: logprob (finished rows, if LOGPROBS)
-    row_f_ptr,  # [B, 2] fp32 out: max z, sum exp(z - max) (for the general kernel)
+    row_f_ptr,  # [B, 3] fp32 out: max z, sum exp(z - max), min finite z (for sampling_bracket)
     state_ptr,  # [B] int32 out: 0 done, 1 pending
+    bf_ptr, bi_ptr,  # [2, B, 4] fp32 / int32 out: sampling_bracket's first state (both buffers' phase)
     V, C,
     HAS_K: tl.constexpr, HAS_P: tl.constexpr, HAS_MINP: tl.constexpr, LOGPROBS: tl.constexpr,
     CAPC: tl.constexpr, CPAD: tl.constexpr, NCAND: tl.constexpr,  # CPAD >= C, NCAND >= C * CAPC
-    NWIN: tl.constexpr, WB: tl.constexpr, DMAX: tl.constexpr, NRSCHED: tl.constexpr,
+    NWIN: tl.constexpr, DMAX: tl.constexpr, NRSCHED: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     t, k, p, mp = row_params(temp_ptr, topk_ptr, topp_ptr, minp_ptr, row, HAS_K, HAS_P, HAS_MINP)
     c = tl.arange(0, CPAD)
     cm = c < C
-    part = part_f_ptr + (row * C + c) * 4
+    part = part_f_ptr + (row * C + c) * 5
     m = tl.load(part + 1, mask=cm, other=NEG)
     big = tl.max(m)
     total = tl.sum(tl.load(part + 2, mask=cm, other=0.0) * tl.exp(m - big))
-    tl.store(row_f_ptr + row * 2, big)
-    tl.store(row_f_ptr + row * 2 + 1, total)
+    tl.store(row_f_ptr + row * 3, big)
+    tl.store(row_f_ptr + row * 3 + 1, total)
+    tl.store(row_f_ptr + row * 3 + 2, tl.min(tl.load(part + 4, mask=cm, other=float("inf"))))
     # no filter on this row, or a greedy row without logprobs (the argmax is always kept): the plain winner
     if ((k <= 0) & (p >= 1.0) & (mp <= 0)) | ((t <= 0) & (not LOGPROBS)):
         sc = tl.load(part, mask=cm, other=float("-inf"))
@@ -191,6 +201,7 @@ def _filter_finish_kernel(
             z = tl.load(logits_ptr + row * stride_row + tok).to(tl.float32) / tl.where(t > 0, t, 1.0)
             tl.store(lp_ptr + row, z - big - tl.log(total))
         tl.store(state_ptr + row, 0)
+        init_bracket(bf_ptr, bi_ptr, row, tl.num_programs(0), True, big)
     else:
         # candidates of all chunks; the row's window: the widest z >= max - D with at most NWIN of them
         s = tl.arange(0, NCAND)
@@ -215,7 +226,7 @@ def _filter_finish_kernel(
         n_win = tl.sum(sel.to(tl.int32))
         k_on, mass_on = predicate_bounds(k, p, V, total)
         # counts are exact for window values >= floor
-        vstar = walk_window(win_z_ptr + row * NWIN, n_win, 0, 0.0, big, k_on, mass_on, NWIN, WB)
+        vstar = walk_window(win_z_ptr + row * NWIN, n_win, 0, 0.0, big, k_on, mass_on, NWIN)
         thr = threshold(vstar, k, p, mp, big)
         w = tl.arange(0, NWIN)
         wv = w < n_win
@@ -234,6 +245,7 @@ def _filter_finish_kernel(
             fz = tl.max(tl.where(wi == ftok, wz, NEG))
             tl.store(lp_ptr + row, fz - big - tl.log(tl.sum(tl.where(kept, e, 0.0))), mask=done)
         tl.store(state_ptr + row, tl.where(done, 0, 1))
+        init_bracket(bf_ptr, bi_ptr, row, tl.num_programs(0), done, tl.load(row_f_ptr + row * 3 + 2))
 
 
 _FILTER_PARTIAL = tuned(_filter_partial_kernel, FILTER_CONFIGS, key=["V"])
@@ -248,14 +260,15 @@ def filter_tiling(V: int) -> tuple[int, int, int]:
 
 def sample_filtered(logits, temperature, seeds, offsets, top_k, top_p, min_p, out, logprobs_out, config=None,
                     state=None, force_general=False):
-    """Launch the three kernels (inputs already validated by sampling.sample). `state`, if given ([B]
-    int32), receives 0 for rows finished from the candidates, 1 for rows the general kernel drew.
-    force_general (tests) sends every row through the general kernel."""
+    """Launch the candidate pass, the finishing kernel and, for rows it leaves pending, sampling_bracket's
+    kernels (inputs already validated by sampling.sample). `state`, if given ([B] int32), receives which path
+    drew each row: 0 the candidate window, 1 the bracket rounds, 2 the sequential kernel. force_general
+    (tests) makes every row pending."""
     B, V = logits.shape
     dev = logits.device
     block, chunk, capc = filter_tiling(V)
     C = -(-V // chunk)
-    part_f = torch.empty((B, C, 4), dtype=torch.float32, device=dev)
+    part_f = torch.empty((B, C, 5), dtype=torch.float32, device=dev)
     part_i = torch.empty((B, C, 2), dtype=torch.int32, device=dev)
     cand_z = torch.empty((B, C, capc), dtype=torch.float32, device=dev)
     cand_i = torch.empty((B, C, capc), dtype=torch.int32, device=dev)
@@ -263,24 +276,24 @@ def sample_filtered(logits, temperature, seeds, offsets, top_k, top_p, min_p, ou
     nwin = min(NWIN, ncand)
     win_z = torch.empty((B, nwin), dtype=torch.float32, device=dev)
     win_i = torch.empty((B, nwin), dtype=torch.int32, device=dev)
-    row_f = torch.empty((B, 2), dtype=torch.float32, device=dev)
+    row_f = torch.empty((B, 3), dtype=torch.float32, device=dev)
+    bf = torch.empty((2, B, 4), dtype=torch.float32, device=dev)
+    bi = torch.empty((2, B, 4), dtype=torch.int32, device=dev)
     state = torch.empty(B, dtype=torch.int32, device=dev) if state is None else state
-    _FILTER_PARTIAL((B, C), logits, logits.stride(0), temperature, seeds, offsets, part_f, part_i, cand_z,
-                    cand_i, V, CAPC=capc, CHUNK=chunk, BLOCK=block, config=config)
-    flags = dict(HAS_K=top_k is not None, HAS_P=top_p is not None, HAS_MINP=min_p is not None,
-                 LOGPROBS=logprobs_out is not None)
+    has = dict(HAS_K=top_k is not None, HAS_P=top_p is not None, HAS_MINP=min_p is not None)
+    flags = dict(**has, LOGPROBS=logprobs_out is not None)
     dummy = temperature
     filt = (top_k if top_k is not None else dummy, top_p if top_p is not None else dummy,
             min_p if min_p is not None else dummy)
+    _FILTER_PARTIAL((B, C), logits, logits.stride(0), temperature, seeds, offsets, *filt, part_f, part_i, cand_z,
+                    cand_i, V, **has, CAPC=capc, CHUNK=chunk, BLOCK=block, config=config)
     lp = logprobs_out if logprobs_out is not None else row_f
     _filter_finish_kernel[(B,)](logits, logits.stride(0), part_f, part_i, cand_z, cand_i, win_z, win_i,
-                                temperature, seeds, offsets, *filt, out, lp, row_f, state, V, C, **flags,
+                                temperature, seeds, offsets, *filt, out, lp, row_f, state, bf, bi, V, C, **flags,
                                 CAPC=capc, CPAD=next_pow2(C),
-                                NCAND=ncand, NWIN=nwin, WB=min(WB, nwin), DMAX=DMAX, NRSCHED=NRSCHED,
+                                NCAND=ncand, NWIN=nwin, DMAX=DMAX, NRSCHED=NRSCHED,
                                 num_warps=8)
     if force_general:
-        state.fill_(1)
-    th._filter_general_kernel[(B,)](logits, logits.stride(0), temperature, seeds, offsets, *filt, row_f, state,
-                                    win_z, out, lp, V, th.MAX_ROUNDS, **flags, NWIN=nwin, WB=min(WB, nwin),
-                                    NP=th.NPROBE, BLOCK=th.GENERAL_BLOCK, num_warps=8)
+        reset_brackets(state, row_f, bf, bi)
+    draw_pending(logits, temperature, seeds, offsets, filt, flags, row_f, state, bf, bi, win_z, out, lp, chunk)
     return out

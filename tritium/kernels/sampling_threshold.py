@@ -1,14 +1,15 @@
 """Exact thresholds of top-k / top-p / min-p (semantics in sampling_filter.py; keep_mask_ref: the reference),
-and the general sampling kernel for rows whose kept set the candidates of sampling_filter do not cover.
+and the sequential sampling kernel: the exact last resort for rows neither the candidate window of
+sampling_filter nor the parallel rounds of sampling_bracket settle (e.g. ties wider than a window).
 
 The predicate: top-k / top-p hold at a value v when count(z >= v) >= k or mass(z >= v) >= p * sum(exp z);
 v* is the largest present value where it holds (the min if it never does: keep all); min-p raises the
 threshold to max z + log(min_p). Kept tokens: z >= thr.
 
-_filter_general_kernel, grid (B,), one program per pending row (others return at once): rounds of NP probes
+_filter_general_kernel, grid (B,), one program per row left over (others return at once): rounds of NP probes
 spread over a bracket [lo, hi] of present values holding v* count tokens and mass at or above each probe
 (one read of the row each); the bracket shrinks to the present values around the crossing until it holds
-at most NWIN tokens (or one value); those are gathered and walked exactly (pairwise counts). A last read
+at most NWIN tokens (or one value); those are gathered and walked exactly (sorted). A last read
 draws among z >= thr with the plain path's scan. Slower than the candidate path: several reads of the row
 by one program, about log_NP(range / spacing near v*) rounds.
 """
@@ -44,20 +45,16 @@ def predicate_bounds(k, p, V, total):
 
 
 @triton.jit
-def walk_window(win_ptr, n_win, base_cnt, base_mass, big, k_on, mass_on, NWIN: tl.constexpr, WB: tl.constexpr):
+def walk_window(win_ptr, n_win, base_cnt, base_mass, big, k_on, mass_on, NWIN: tl.constexpr):
     """v*: the largest of the n_win values in win_ptr[:NWIN] at which the predicate holds, counting base_cnt
-    tokens (mass base_mass) above all of them; -inf if none. Counts by pairwise comparison, WB at a time."""
+    tokens (mass base_mass) above all of them; -inf if none. The values sorted in descending order give
+    count and mass at or above the i-th one as i + 1 and a cumulative sum; ties after it only add to both,
+    so the first i where the predicate holds is v* exactly."""
     w = tl.arange(0, NWIN)
-    wz = tl.load(win_ptr + w, mask=w < n_win, other=NEG)
-    cnt = tl.zeros([NWIN], tl.int32) + base_cnt
-    mass = tl.zeros([NWIN], tl.float32) + base_mass
-    for j0 in range(0, n_win, WB):
-        j = j0 + tl.arange(0, WB)
-        zj = tl.load(win_ptr + j, mask=j < n_win, other=NEG)
-        ge = (j < n_win)[None, :] & (zj[None, :] >= wz[:, None])
-        cnt += tl.sum(ge.to(tl.int32), 1)
-        mass += tl.sum(tl.where(ge, tl.exp(zj - big)[None, :], 0.0), 1)
-    return tl.max(tl.where((w < n_win) & ((cnt >= k_on) | (mass >= mass_on)), wz, float("-inf")))
+    zs = tl.sort(tl.load(win_ptr + w, mask=w < n_win, other=NEG), descending=True)
+    mass = base_mass + tl.cumsum(tl.where(w < n_win, tl.exp(zs - big), 0.0), 0)
+    holds = (w < n_win) & ((base_cnt + w + 1 >= k_on) | (mass >= mass_on))
+    return tl.max(tl.where(holds, zs, float("-inf")))
 
 
 @triton.jit
@@ -74,23 +71,25 @@ def _filter_general_kernel(
     stride_row,
     temp_ptr, seed_ptr, step_ptr,  # [B] fp32, int64, int64
     topk_ptr, topp_ptr, minp_ptr,  # [B] int32, fp32, fp32
-    row_f_ptr,  # [B, 2] fp32: max z, sum exp(z - max)
-    state_ptr,  # [B] int32: only rows with 1 are worked on
+    row_f_ptr,  # [B, 3] fp32: max z, sum exp(z - max), (min z)
+    phase_ptr,  # [B, 4] int32: sampling_bracket's final state; only rows in phase 3 are worked on
+    state_ptr,  # [B] int32 out: 2 for the rows drawn here
     win_ptr,  # [B, NWIN] fp32 scratch
     out_ptr,  # [B] int64 out
     lp_ptr,  # [B] fp32 out (if LOGPROBS)
     V, max_rounds,
     HAS_K: tl.constexpr, HAS_P: tl.constexpr, HAS_MINP: tl.constexpr, LOGPROBS: tl.constexpr,
-    NWIN: tl.constexpr, WB: tl.constexpr, NP: tl.constexpr, BLOCK: tl.constexpr,
+    NWIN: tl.constexpr, NP: tl.constexpr, BLOCK: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
-    if tl.load(state_ptr + row) == 0:
+    if tl.load(phase_ptr + row * 4) != 3:
         return
+    tl.store(state_ptr + row, 2)
     t, k, p, mp = row_params(temp_ptr, topk_ptr, topp_ptr, minp_ptr, row, HAS_K, HAS_P, HAS_MINP)
     sampled = t > 0
     inv_t = 1.0 / tl.where(sampled, t, 1.0)
-    big = tl.load(row_f_ptr + row * 2)
-    k_on, mass_on = predicate_bounds(k, p, V, tl.load(row_f_ptr + row * 2 + 1))
+    big = tl.load(row_f_ptr + row * 3)
+    k_on, mass_on = predicate_bounds(k, p, V, tl.load(row_f_ptr + row * 3 + 1))
     row_ptr = logits_ptr + row * stride_row
     # bracket [lo, hi] of present values holding v*; n_lo tokens at or above lo, n_hi (mass m_hi) above hi
     lo = tl.full([BLOCK], float("inf"), tl.float32)
@@ -140,7 +139,7 @@ def _filter_general_kernel(
             base += tl.sum(sel.to(tl.int32))
         tl.debug_barrier()  # the window was written by other threads of this program
         n_win = tl.minimum(base, NWIN)
-        vstar = tl.maximum(walk_window(win_ptr + row * NWIN, n_win, n_hi, m_hi, big, k_on, mass_on, NWIN, WB), lo)
+        vstar = tl.maximum(walk_window(win_ptr + row * NWIN, n_win, n_hi, m_hi, big, k_on, mass_on, NWIN), lo)
     thr = threshold(vstar, k, p, mp, big)
     # draw among z >= thr (the plain path's scan with a threshold)
     G: tl.constexpr = BLOCK // 4
