@@ -35,6 +35,7 @@ from tritium.kernels.sampling_threshold import predicate_bounds, row_params, thr
 NPROBES = 16  # probes per round: the bracket narrows ~15x per round
 ROUNDS = 3  # rounds that probe; then one more launch that only merges and gathers
 ROUND_BLOCK = 256  # tokens per loop step of a round ([NPROBES, ROUND_BLOCK] compares)
+ROUND_WARPS = 4
 DRAW_BLOCK = 1024  # tokens per loop step of the draw
 PHASE_DONE = tl.constexpr(4)  # rows finished by the candidate window (written by the finishing kernel)
 
@@ -227,7 +228,7 @@ def draw_pending(logits, temperature, seeds, offsets, filt, flags, row_f, state,
         _bracket_round_kernel[(B, C)](
             logits, logits.stride(0), temperature, *filt, row_f, state, bf[i], bi[i], bf[o], bi[o], cnt[i], mass[i],
             cnt[o], mass[o], win, V, C, **has, LAST=r == ROUNDS, CHUNK=chunk, BLOCK=ROUND_BLOCK, NP=NPROBES,
-            CPAD=next_pow2(C), NWIN=nwin, num_warps=4)
+            CPAD=next_pow2(C), NWIN=nwin, num_warps=ROUND_WARPS)
     fin = (ROUNDS + 1) % 2
     part_f = torch.empty((B, C, 3), dtype=torch.float32, device=logits.device)
     part_i = torch.empty((B, C), dtype=torch.int32, device=logits.device)

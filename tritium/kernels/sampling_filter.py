@@ -42,7 +42,7 @@ from tritium.kernels.sampling_threshold import predicate_bounds, row_params, thr
 FILTER_CONFIGS = [triton.Config({}, num_warps=4), triton.Config({}, num_warps=8)]
 FILTER_BLOCK = 1024  # lanes of a program: [BLOCK // 4, 4] tiles (2048 lanes: 1.4x slower on an H200)
 FILTER_CHUNK = 16384
-CAPC = 256  # candidates kept per chunk (lane maxima above the chunk floor: ~sqrt(BLOCK) expected)
+CAPC = 128  # candidates kept per chunk (lane maxima above the chunk floor: ~sqrt(2 * BLOCK) expected)
 DMAX = 16.0  # widest row window below the max: exp(-16) ~ 1e-7 of the max probability
 NWIN = 512  # most candidates of a row the finishing kernel sorts (a power of two)
 NRSCHED = 17  # row windows tried: 0, DMAX * 2**(-15/4), ..., DMAX * 2**(-1/4), DMAX
