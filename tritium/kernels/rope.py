@@ -57,6 +57,14 @@ def _heads_ptr(
 
 
 @triton.jit
+def _halves(w_ptr, d, HALF: tl.constexpr):
+    """The two halves of a [2 * HALF] norm weight as fp32 [1, 1, HALF_P2] (d: arange(HALF_P2))."""
+    w1 = tl.load(w_ptr + d, mask=d < HALF, other=0.0).to(tl.float32)[None, None, :]
+    w2 = tl.load(w_ptr + HALF + d, mask=d < HALF, other=0.0).to(tl.float32)[None, None, :]
+    return w1, w2
+
+
+@triton.jit
 def _norm_rope_store(
     p, mask,  # from _heads_ptr
     x1, x2,  # [BLOCK_T, BLOCK_H, HALF_P2] the loaded halves, in x's dtype
@@ -116,11 +124,8 @@ def _rope_kernel(
     kw1 = 0.0
     kw2 = 0.0
     if NORM:
-        dm = d < HALF
-        qw1 = tl.load(qw_ptr + d, mask=dm, other=0.0).to(tl.float32)[None, None, :]
-        qw2 = tl.load(qw_ptr + HALF + d, mask=dm, other=0.0).to(tl.float32)[None, None, :]
-        kw1 = tl.load(kw_ptr + d, mask=dm, other=0.0).to(tl.float32)[None, None, :]
-        kw2 = tl.load(kw_ptr + HALF + d, mask=dm, other=0.0).to(tl.float32)[None, None, :]
+        qw1, qw2 = _halves(qw_ptr, d, HALF)
+        kw1, kw2 = _halves(kw_ptr, d, HALF)
     pos = tl.minimum(tl.maximum(pos.to(tl.int64), 0), max_pos - 1)
     cmask = t_ok[:, None] & (d < HALF)[None, :]
     c = cs_ptr + pos[:, None] * stride_cs + d[None, :]

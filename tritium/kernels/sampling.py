@@ -17,7 +17,8 @@ Shapes and dtypes (not in place): logits [B, V] fp32 / bf16 / fp16 with a contig
 
 Plain path (no filter tensor given): grid (B, chunks) programs each reduce a slice of the vocabulary to
 its winner (score, token) and, for logprobs, its (max, sum exp); a (B,) merge picks the winner of winners.
-Logits are read once. The filter path lives in sampling_filter.py.
+Logits are read once. The filter path lives in sampling_filter.py; the noise and the scan, shared by every
+sampling kernel, in gumbel.py.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ import triton
 import triton.language as tl
 
 from tritium.autotune import next_pow2, tuned
-from tritium.platform import INTERPRET
+from tritium.kernels.gumbel import NEG, scan_chunk
 
 # BLOCK: tokens per loop step, a [BLOCK // 4, 4] tile (four tokens per Philox call); 8 per thread (16 need
 # ~240 registers). Key: chunk length, batch bucket, vocabulary.
@@ -38,90 +39,6 @@ CONFIGS = [
 ]
 CHUNK_QUANTUM = 4096  # chunks are multiples of every BLOCK in CONFIGS
 TARGET_PROGRAMS = 1024  # enough programs to fill an H100/H200 several times over
-NEG = tl.constexpr(-1.0e30)  # stands for -inf where exp() / subtraction must stay finite
-# Philox4x32 rounds (Triton's tl.randint4x defaults to 10): 7 is statistically ample for sampling noise and
-# ~30% cheaper. The noise, and so every seeded draw, depends on this constant.
-PHILOX_ROUNDS = tl.constexpr(7)
-FAST_LOG = tl.constexpr(not INTERPRET)  # MUFU through inline PTX on the GPU; tl.log2 / tl.exp in the interpreter
-
-
-@triton.jit
-def exp_fast(x):
-    """exp(x) for per-token sums: MUFU.EX2 without tl.exp's subnormal fix-ups on the GPU."""
-    if FAST_LOG:
-        y = tl.inline_asm_elementwise("{ .reg .f32 t; mul.f32 t, $1, 0f3FB8AA3B; ex2.approx.ftz.f32 $0, t; }",
-                                      "=f,f", [x], dtype=tl.float32, is_pure=True, pack=1)
-    else:
-        y = tl.exp(x)
-    return y
-
-
-@triton.jit
-def noisy_scores(z, seed, step, group, lane):
-    """z / log 2 + Gumbel noise in log2 units for tokens 4 * group + lane (group, lane broadcast to z's shape).
-
-    The 32 random bits of a token are output `lane` of Philox4x32-PHILOX_ROUNDS for counter (group, step, 0,
-    0) and key seed: tl.randint4x(seed, (step << 32) | group, PHILOX_ROUNDS), written out (first round folded,
-    no overflow checks) because the interpreter pays per op. u in (0, 1) takes 23 bits (centred: never 0
-    or 1); -log2(-log2 u) = (G - log log 2) / log 2 for G = -log(-log u), a shift and scale shared by the
-    whole row, so the argmax is that of z + G."""
-    seed = seed.to(tl.int64)
-    k0 = seed.to(tl.uint32)  # truncates
-    k1 = (seed >> 32).to(tl.uint32)
-    c0 = group.to(tl.uint32)
-    c1 = tl.zeros_like(c0)
-    c2 = tl.umulhi(c0, 0xD2511F53) ^ k1
-    c3 = tl.mul(c0, 0xD2511F53, sanitize_overflow=False)
-    c0 = c1 ^ (step.to(tl.int64).to(tl.uint32) ^ k0)
-    for _ in tl.static_range(PHILOX_ROUNDS - 1):
-        k0 = tl.add(k0, 0x9E3779B9, sanitize_overflow=False)
-        k1 = tl.add(k1, 0xBB67AE85, sanitize_overflow=False)
-        n0 = tl.umulhi(c2, 0xCD9E8D57) ^ c1 ^ k0
-        n2 = tl.umulhi(c0, 0xD2511F53) ^ c3 ^ k1
-        c1 = tl.mul(c2, 0xCD9E8D57, sanitize_overflow=False)
-        c3 = tl.mul(c0, 0xD2511F53, sanitize_overflow=False)
-        c0 = n0
-        c2 = n2
-    r = tl.where(lane == 0, c0, tl.where(lane == 1, c1, tl.where(lane == 2, c2, c3)))
-    u = (r >> 9).to(tl.float32) * 1.1920928955078125e-07 + 5.9604644775390625e-08
-    if FAST_LOG:
-        # tl.log2 is libdevice's accurate log2f (~20 instructions); the noise needs only MUFU.LG2
-        sc = tl.inline_asm_elementwise(
-            "{ .reg .f32 t; lg2.approx.ftz.f32 t, $2; neg.f32 t, t; lg2.approx.ftz.f32 t, t; neg.f32 t, t;"
-            " fma.rn.f32 $0, $1, 0f3FB8AA3B, t; }",
-            "=f,f,f", [z, u], dtype=tl.float32, is_pure=True, pack=1)
-    else:
-        sc = z * 1.4426950408889634 - tl.log2(-tl.log2(u))
-    return sc
-
-
-@triton.jit
-def scan_block(row_ptr, off, tile, end, inv_t, sampled, seed, step, thr, best_s, best_o, m, s,
-               MASKED: tl.constexpr, STATS: tl.constexpr, THRESH: tl.constexpr, G: tl.constexpr):
-    """One [G, 4] block of tokens off + tile below end (tile: [G, 4] offsets): update the per-lane winner
-    (strict > keeps the lowest token) and, if STATS, the online (max, sum exp) of z. THRESH: only tokens
-    with z >= thr take part."""
-    if MASKED:
-        mask = tile < end - off
-        z = tl.where(mask, tl.load(row_ptr + off + tile, mask=mask, other=0.0).to(tl.float32) * inv_t, NEG)
-    else:
-        z = tl.load(row_ptr + off + tile).to(tl.float32) * inv_t
-    if THRESH:
-        z = tl.where(z >= thr, z, NEG)
-    if sampled:
-        sc = noisy_scores(z, seed, step, (off // 4 + tl.arange(0, G))[:, None], tl.arange(0, 4)[None, :])
-    else:
-        sc = z
-    if MASKED or THRESH:
-        sc = tl.where(z > NEG, sc, float("-inf"))
-    better = sc > best_s
-    best_s = tl.where(better, sc, best_s)
-    best_o = tl.where(better, off, best_o)
-    if STATS:
-        m_new = tl.maximum(m, tl.max(z))
-        s = s * tl.exp(m - m_new) + tl.sum(exp_fast(z - m_new))
-        m = m_new
-    return best_s, best_o, m, s
 
 
 @triton.jit
@@ -141,31 +58,15 @@ def _sample_partial_kernel(
 ):
     row = tl.program_id(0).to(tl.int64)  # int64 index math: also skips the interpreter's overflow checks
     c = tl.program_id(1)
-    G: tl.constexpr = BLOCK // 4
     t = tl.load(temp_ptr + row)
     sampled = t > 0
-    inv_t = 1.0 / tl.where(sampled, t, 1.0)
-    seed = tl.load(seed_ptr + row)
-    step = tl.load(step_ptr + row)
-    tile = tl.arange(0, G)[:, None] * 4 + tl.arange(0, 4)[None, :]  # four tokens per Philox counter
-    row_ptr = logits_ptr + row * stride_row
-    best_s = tl.full([G, 4], float("-inf"), tl.float32)
-    best_o = tl.zeros([G, 4], tl.int32)  # block offset of each lane's winner
-    m = tl.full([], NEG, tl.float32)
-    s = tl.zeros([], tl.float32)
     start = c * chunk
-    end = tl.minimum(start + chunk, V)
-    full_end = start + (end - start) // BLOCK * BLOCK
-    for off in range(start, full_end, BLOCK):  # full blocks: no masks
-        best_s, best_o, m, s = scan_block(row_ptr, off, tile, end, inv_t, sampled, seed, step, NEG, best_s,
-                                          best_o, m, s, False, STATS, False, G)
-    for off in range(full_end, end, BLOCK):  # the ragged tail, at most once
-        best_s, best_o, m, s = scan_block(row_ptr, off, tile, end, inv_t, sampled, seed, step, NEG, best_s,
-                                          best_o, m, s, True, STATS, False, G)
-    win = tl.max(best_s)
+    win, tok, m, s = scan_chunk(logits_ptr + row * stride_row, start, tl.minimum(start + chunk, V),
+                                1.0 / tl.where(sampled, t, 1.0), sampled, tl.load(seed_ptr + row),
+                                tl.load(step_ptr + row), NEG, STATS, False, BLOCK)
     part = part_f_ptr + (row * tl.num_programs(1) + c) * 3
     tl.store(part, win)
-    tl.store(part_i_ptr + row * tl.num_programs(1) + c, tl.min(tl.where(best_s == win, best_o + tile, 2147483647)))
+    tl.store(part_i_ptr + row * tl.num_programs(1) + c, tok)
     if STATS:
         tl.store(part + 1, m)
         tl.store(part + 2, s)

@@ -29,7 +29,8 @@ import triton.language as tl
 
 from tritium.autotune import next_pow2
 from tritium.kernels import sampling_threshold as th
-from tritium.kernels.sampling import _sample_merge_kernel, scan_block
+from tritium.kernels.gumbel import scan_chunk
+from tritium.kernels.sampling import _sample_merge_kernel
 from tritium.kernels.sampling_threshold import predicate_bounds, row_params, threshold, walk_window
 
 NPROBES = 16  # probes per round: the bracket narrows ~15x per round
@@ -180,25 +181,14 @@ def _bracket_draw_kernel(
     vstar = walk_window(win_ptr + row * NWIN, tl.load(bi_ptr + row * 4 + 2), tl.load(bi_ptr + row * 4 + 1),
                         tl.load(bf_ptr + row * 4 + 2), big, k_on, mass_on, NWIN)
     thr = threshold(tl.maximum(vstar, lo), k, p, mp, big)
-    G: tl.constexpr = BLOCK // 4
     sampled = t > 0
-    inv_t = 1.0 / tl.where(sampled, t, 1.0)
-    seed = tl.load(seed_ptr + row)
-    step = tl.load(step_ptr + row)
-    tile = tl.arange(0, G)[:, None] * 4 + tl.arange(0, 4)[None, :]
-    row_ptr = logits_ptr + row * stride_row
-    best_s = tl.full([G, 4], float("-inf"), tl.float32)
-    best_o = tl.zeros([G, 4], tl.int32)
-    m = tl.full([], -1.0e30, tl.float32)
-    s = tl.zeros([], tl.float32)
     end = tl.minimum(c * CHUNK + CHUNK, V)
-    for off in range(c * CHUNK, end, BLOCK):
-        best_s, best_o, m, s = scan_block(row_ptr, off, tile, end, inv_t, sampled, seed, step, thr, best_s, best_o,
-                                          m, s, True, LOGPROBS, True, G)
-    win = tl.max(best_s)
+    win, tok, m, s = scan_chunk(logits_ptr + row * stride_row, c * CHUNK, end, 1.0 / tl.where(sampled, t, 1.0),
+                                sampled, tl.load(seed_ptr + row), tl.load(step_ptr + row), thr, LOGPROBS, True,
+                                BLOCK)
     slot = row * tl.num_programs(1) + c
     tl.store(part_f_ptr + slot * 3, win)
-    tl.store(part_i_ptr + slot, tl.min(tl.where(best_s == win, best_o + tile, 2147483647)))
+    tl.store(part_i_ptr + slot, tok)
     if LOGPROBS:
         tl.store(part_f_ptr + slot * 3 + 1, m)
         tl.store(part_f_ptr + slot * 3 + 2, s)

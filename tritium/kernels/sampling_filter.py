@@ -33,7 +33,7 @@ import triton
 import triton.language as tl
 
 from tritium.autotune import next_pow2, tuned
-from tritium.kernels.sampling import NEG, exp_fast, noisy_scores
+from tritium.kernels.gumbel import NEG, exp_fast, noisy_scores
 from tritium.kernels.sampling_bracket import draw_pending, init_bracket, reset_brackets
 from tritium.kernels.sampling_threshold import predicate_bounds, row_params, threshold, walk_window
 

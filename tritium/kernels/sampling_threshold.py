@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from tritium.kernels.sampling import NEG, scan_block
+from tritium.kernels.gumbel import NEG, scan_chunk
 
 NPROBE = 8  # probes per bracketing round
 GENERAL_BLOCK = 512
@@ -142,18 +142,8 @@ def _filter_general_kernel(
         vstar = tl.maximum(walk_window(win_ptr + row * NWIN, n_win, n_hi, m_hi, big, k_on, mass_on, NWIN), lo)
     thr = threshold(vstar, k, p, mp, big)
     # draw among z >= thr (the plain path's scan with a threshold)
-    G: tl.constexpr = BLOCK // 4
-    seed = tl.load(seed_ptr + row)
-    step = tl.load(step_ptr + row)
-    tile = tl.arange(0, G)[:, None] * 4 + tl.arange(0, 4)[None, :]
-    best_s = tl.full([G, 4], float("-inf"), tl.float32)
-    best_o = tl.zeros([G, 4], tl.int32)
-    m = tl.full([], NEG, tl.float32)
-    s = tl.zeros([], tl.float32)
-    for off in range(0, V, BLOCK):
-        best_s, best_o, m, s = scan_block(row_ptr, off, tile, V, inv_t, sampled, seed, step, thr, best_s, best_o,
-                                          m, s, True, LOGPROBS, True, G)
-    tok = tl.min(tl.where(best_s == tl.max(best_s), best_o + tile, 2147483647))
+    _, tok, m, s = scan_chunk(row_ptr, 0, V, inv_t, sampled, tl.load(seed_ptr + row), tl.load(step_ptr + row), thr,
+                              LOGPROBS, True, BLOCK)
     tl.store(out_ptr + row, tok.to(tl.int64))
     if LOGPROBS:
         z = tl.load(row_ptr + tok).to(tl.float32) * inv_t
