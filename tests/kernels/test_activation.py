@@ -5,7 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tritium.autotune import config_id
-from tritium.kernels.activation import CONFIGS, INTERPRET_CONFIG, silu_and_mul, silu_and_mul_ref
+from tritium.kernels.activation import CONFIGS, HEURISTICS, INTERPRET_CONFIG, silu_and_mul, silu_and_mul_ref
 from tritium.testing import assert_close, randn
 
 CPU_DTYPES = [torch.float32, torch.float16]
@@ -105,3 +105,38 @@ def test_gpu_in_cuda_graph():
     x.copy_(randn(16, 2 * 3072, dtype=dt, device="cuda"))
     graph.replay()
     assert_close(out, silu_and_mul_ref(x).float(), dt)
+
+
+# ---- mask-free tiles: EVEN_N (F % BLOCK_F == 0) and EVEN_ROWS (T % BLOCK_T == 0), both branches, every config ----
+
+@pytest.mark.parametrize("config", CONFIGS + [INTERPRET_CONFIG], ids=config_id)
+@pytest.mark.parametrize("dtype", CPU_DTYPES)
+def test_every_config_even_and_ragged_tiles(config, dtype):
+    bt, bf = config.kwargs["BLOCK_T"], config.kwargs["BLOCK_F"]
+    seen = set()
+    for t in (2 * bt, 2 * bt + 1):  # full row tiles / a partial last one
+        for f in (2 * bf, bf + 24):  # full column tiles / a partial last one (F not a power of two)
+            seen.add((HEURISTICS["EVEN_N"]({"n_cols": f, "BLOCK_F": bf}),
+                      HEURISTICS["EVEN_ROWS"]({"n_rows": t, "BLOCK_T": bt})))
+            g = torch.Generator().manual_seed(t * 10000 + f)
+            x = randn(t, 2 * f + 6, dtype=dtype, scale=3.0, generator=g)[:, 2 : 2 + 2 * f]  # strided rows
+            buf = torch.full((t + 4, f + 8), -7.0, dtype=dtype)  # guard rows/columns around the output
+            out = buf[2 : 2 + t, 4 : 4 + f]
+            assert silu_and_mul(x, out=out, config=config) is out
+            assert_close(out, silu_and_mul_ref(x).float(), dtype)
+            guard = torch.ones_like(buf, dtype=torch.bool)
+            guard[2 : 2 + t, 4 : 4 + f] = False
+            assert (buf[guard] == -7.0).all(), "a store left the output view"
+    expected = {(True, True), (False, True)} | ({(True, False), (False, False)} if bt > 1 else set())
+    assert seen == expected, "both branches of each flag (BLOCK_T = 1 tiles are always full)"
+
+
+def test_64_bit_index_path_matches(monkeypatch):
+    """The OFFS_64 branch (taken only when an offset can pass 2^31, too large to allocate here) computes
+    the same values as the 32-bit one."""
+    import tritium.kernels.activation as act
+
+    x = randn(5, 2 * 1100 + 4, scale=3.0)[:, 2 : 2 + 2 * 1100]
+    want = silu_and_mul(x)
+    monkeypatch.setattr(act, "needs_int64", lambda *views: True)
+    assert torch.equal(silu_and_mul(x), want)

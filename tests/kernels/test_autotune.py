@@ -142,3 +142,46 @@ def test_gpu_tuned_in_place_kernel_sees_one_launch():
     assert len(tk.tuner.cache) == 1
     assert torch.equal(x, before[::2] * 2 + 1)
     assert torch.equal(buf[1::2], before[1::2])
+
+
+@triton.jit
+def _flag_kernel(
+    out_ptr,  # [2] written: (BLOCK, EVEN) as the kernel saw them
+    n,  # N
+    n_bucket,  # next_pow2(N) (autotune key)
+    BLOCK: tl.constexpr,
+    EVEN: tl.constexpr,  # n % BLOCK == 0, derived by a heuristic from the chosen config
+):
+    if tl.program_id(0) == 0:
+        tl.store(out_ptr, BLOCK)
+        tl.store(out_ptr + 1, EVEN)
+
+
+_EVEN = {"EVEN": lambda a: a["n"] % a["BLOCK"] == 0}
+
+
+@pytest.mark.parametrize("n,expect", [(12, {4: 1, 8: 0}), (16, {4: 1, 8: 1}), (13, {4: 0, 8: 0})])
+def test_heuristics_see_the_config_on_every_launch_path(monkeypatch, n, expect):
+    """tuned(heuristics=...) derives a constexpr from the chosen config: on tuner trials (a real multi-config
+    Autotuner with a stand-in timer), the tuned launch and explicit config= launches alike."""
+    timer = _Timer()
+    monkeypatch.setattr(at, "INTERPRET", False)  # build the full tuner (all CONFIGS) ...
+    monkeypatch.setattr(at, "graph_bench", timer)  # ... timed by the stand-in
+    tk = at.tuned(_flag_kernel, CONFIGS, key=["n_bucket"], heuristics=_EVEN)
+    out = torch.zeros(2, dtype=torch.int32)
+    grid = lambda meta: (triton.cdiv(n, meta["BLOCK"]),)  # noqa: E731
+    tk(grid, out, n, next_pow2(n))
+    assert timer.trials == 2 and out.tolist() == [8, expect[8]], "BLOCK = 8 wins; EVEN computed for it"
+    for config in CONFIGS:
+        out.zero_()
+        tk(grid, out, n, next_pow2(n), config=config)
+        b = config.kwargs["BLOCK"]
+        assert out.tolist() == [b, expect[b]]
+
+
+def test_needs_int64_bounds():
+    assert not at.needs_int64(((16384, 4096), (4096, 1)), ((4096, 32, 128), (6144, 128, 1)))
+    assert at.needs_int64(((2**20, 4096), (4096, 1)))  # 2^32 elements
+    assert at.needs_int64(((2**19 - 512, 4096), (4096, 1)))  # 2^31 exactly, padded rows included
+    assert not at.needs_int64(((2**19 - 1024, 4096), (4096, 1)))
+    assert at.needs_int64(((4, 2**20, 64), (0, 2**11, 1)))  # a big middle stride counts too

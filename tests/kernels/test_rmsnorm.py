@@ -4,11 +4,12 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tritium.autotune import config_id
+from tritium.autotune import config_id, next_pow2
 from tritium.kernels.rmsnorm import (
     CONFIGS,
     HEAD_CONFIGS,
     HEAD_INTERPRET_CONFIG,
+    HEURISTICS,
     INTERPRET_CONFIG,
     add_rms_norm,
     add_rms_norm_ref,
@@ -252,3 +253,92 @@ def test_gpu_add_rms_norm_in_cuda_graph():
     y_ref, r_ref = add_rms_norm_ref(x, r0, w, 1e-6)
     assert torch.equal(r, r_ref)
     assert_close(out, y_ref.float(), dt)
+
+
+# ---- mask-free tiles: EVEN_N (N == BLOCK_N) and EVEN_ROWS (rows % ROWS == 0), both branches, every config ----
+
+# (EVEN_N, EVEN_ROWS) pairs a test must reach, by whether ROWS > 1 (one-row tiles are always full)
+_EXPECTED_FLAGS = {
+    True: {(True, True), (True, False), (False, True), (False, False)},
+    False: {(True, True), (False, True)},
+}
+
+
+def _flags(n_rows, n_cols, rows):
+    a = {"n_rows": n_rows, "n_cols": n_cols, "BLOCK_N": next_pow2(n_cols), "ROWS": rows}
+    return HEURISTICS["EVEN_N"](a), HEURISTICS["EVEN_ROWS"](a)
+
+
+def _in_padded(t, h, dtype, g, fill):
+    """A [t, h] view in the middle of a larger buffer (row stride h + 8, 3 guard rows above and below),
+    the rest set to `fill`, so a write past the view shows."""
+    buf = torch.full((t + 6, h + 8), fill, dtype=dtype)
+    return buf, buf[3 : 3 + t, 4 : 4 + h]
+
+
+def _guard_intact(buf, view, fill):
+    m = torch.ones_like(buf, dtype=torch.bool)
+    m[3 : 3 + view.shape[0], 4 : 4 + view.shape[1]] = False
+    return bool((buf[m] == fill).all())
+
+
+@pytest.mark.parametrize("config", CONFIGS + [INTERPRET_CONFIG], ids=config_id)
+@pytest.mark.parametrize("dtype", CPU_DTYPES)
+def test_every_row_config_even_and_ragged_tiles(config, dtype):
+    rows = config.kwargs["ROWS"]
+    seen = set()
+    for t in (2 * rows, 2 * rows + 1):  # full tiles only / a partial last tile
+        for h in (256, 200):  # N == BLOCK_N / N < BLOCK_N (not a power of two)
+            seen.add(_flags(t, h, rows))
+            g = _gen(t * 1000 + h)
+            x, w = randn(t, h, dtype=dtype, generator=g), randn(h, dtype=dtype, generator=g)
+            r0 = randn(t, h, dtype=dtype, generator=g, scale=2.0)
+            ybuf, y = _in_padded(t, h, dtype, g, -7.0)
+            assert rms_norm(x, w, 1e-6, out=y, config=config) is y
+            assert_close(y, rms_norm_ref(x, w, 1e-6).float(), dtype)
+            assert _guard_intact(ybuf, y, -7.0), "a store left the output view"
+            # add+norm in place on a strided residual: every row updated exactly once, nothing outside
+            rbuf, r = _in_padded(t, h, dtype, g, -7.0)
+            r.copy_(r0)
+            y_ref, r_ref = add_rms_norm_ref(x, r0, w, 1e-6)
+            y2, r_new = add_rms_norm(x, r, w, 1e-6, residual_out=r, config=config)
+            assert r_new is r and torch.equal(r, r_ref)
+            assert _guard_intact(rbuf, r, -7.0)
+            assert_close(y2, y_ref.float(), dtype)
+    assert seen == _EXPECTED_FLAGS[rows > 1], "both branches of each flag (ROWS = 1 tiles are always full)"
+
+
+@pytest.mark.parametrize("config", HEAD_CONFIGS + [HEAD_INTERPRET_CONFIG], ids=config_id)
+def test_every_head_config_even_and_ragged_tiles(config):
+    rows = config.kwargs["ROWS"]
+    seen = set()
+    # 4 heads over 2*ROWS rows (full tiles; a power-of-two head count) / 3 heads (a partial last tile and a
+    # head count that is not a power of two); d = 64 (N == BLOCK_N) / 96 (N < BLOCK_N)
+    for heads, t in ((4, max(1, 2 * rows // 4)), (3, rows + 1)):
+        for d in (64, 96):
+            seen.add(_flags(t * heads, d, rows))
+            g = _gen(heads * 100 + d)
+            packed = randn(t, (heads + 3) * d, generator=g)  # q | k | v-like layout: q is a strided view
+            q = packed[:, d : (heads + 1) * d].view(t, heads, d)
+            before = packed.clone()
+            w = randn(d, generator=g)
+            ref = head_rms_norm_ref(q, w, 1e-6)
+            assert head_rms_norm(q, w, 1e-6, out=q, config=config) is q
+            assert_close(q, ref)
+            assert torch.equal(packed[:, :d], before[:, :d]) and torch.equal(
+                packed[:, (heads + 1) * d :], before[:, (heads + 1) * d :]), "a store left the q slice"
+    assert seen == _EXPECTED_FLAGS[rows > 1], "both branches of each flag (ROWS = 1 tiles are always full)"
+
+
+def test_64_bit_index_path_matches(monkeypatch):
+    """The OFFS_64 branch (taken only when an offset can pass 2^31, too large to allocate here) computes
+    the same values as the 32-bit one."""
+    import tritium.kernels.rmsnorm as rm
+
+    x, r, w = randn(9, 200), randn(9, 200), randn(200)
+    heads, hw = randn(5, 7, 96)[:, 1:6], randn(96)
+    want = rms_norm(x, w, 1e-6), add_rms_norm(x, r, w, 1e-6), head_rms_norm(heads, hw, 1e-6)
+    monkeypatch.setattr(rm, "needs_int64", lambda *views: True)
+    got = rms_norm(x, w, 1e-6), add_rms_norm(x, r, w, 1e-6), head_rms_norm(heads, hw, 1e-6)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[2], want[2])
+    assert torch.equal(got[1][0], want[1][0]) and torch.equal(got[1][1], want[1][1])

@@ -15,6 +15,8 @@
   few, wide programs, unlike the GPU), else CONFIGS[0].
 - Any launch can name an explicit config (`config=`), bypassing the tuner: tests use it to check every
   config in CONFIGS, not only the winner.
+- `heuristics` (triton.heuristics values: name -> fn(args)) derive constexprs from the arguments and the
+  chosen config (e.g. EVEN_ROWS = n_rows % ROWS == 0), on tuned and explicit-config launches alike.
 """
 from __future__ import annotations
 
@@ -30,6 +32,17 @@ from tritium.platform import INTERPRET
 def next_pow2(n: int) -> int:
     """Smallest power of two >= n (1 for n <= 1): the bucket used in autotune keys."""
     return 1 if n <= 1 else 1 << (int(n) - 1).bit_length()
+
+
+def needs_int64(*views) -> bool:
+    """True when an element offset a row kernel may form can pass 2^31 for one of `views` ((shape, strides)
+    pairs, last dim contiguous): up to 512 padded rows past the end of every leading dim and a power-of-two
+    tile past the last column. Otherwise 32-bit index math is exact, and cheaper than 64-bit."""
+    for shape, strides in views:
+        bound = next_pow2(shape[-1]) + sum((n + 512) * abs(s) for n, s in zip(shape[:-1], strides[:-1]))
+        if bound >= 2**31:
+            return True
+    return False
 
 
 def graph_bench(kernel_call, quantiles):
@@ -71,10 +84,10 @@ def with_copies(arg_names, names, args, kwargs):
 
 @dataclass
 class TunedKernel:
-    """A @triton.jit function, its config space, the autotuner built over it, and the written arguments
-    to tune on copies."""
+    """A @triton.jit function (wrapped in its triton.heuristics, if any), its config space, the autotuner
+    built over it, and the written arguments to tune on copies."""
 
-    fn: triton.runtime.JITFunction
+    fn: triton.runtime.KernelInterface
     configs: list
     tuner: triton.runtime.Autotuner
     tune_on_copies: tuple = ()
@@ -105,12 +118,16 @@ def tuned(
     reset_to_zero: Sequence[str] = (),
     interpret_config: triton.Config | None = None,
     tune_on_copies: Sequence[str] = (),
+    heuristics: dict | None = None,
 ) -> TunedKernel:
     """Wrap a jitted kernel with its autotune space. `tune_on_copies` names arguments the kernel writes
     that tuning trials must not touch (in-place outputs): an untuned key is first tuned on copies of them.
     `restore_value` names in-place arguments that tuning must restore between trials (the restore is timed
-    with every trial: prefer tune_on_copies); `reset_to_zero` names accumulators that must start at zero."""
+    with every trial: prefer tune_on_copies); `reset_to_zero` names accumulators that must start at zero.
+    `heuristics` wraps fn in triton.heuristics under the tuner, so each value sees the config's kwargs."""
     configs = list(configs)
+    if heuristics:
+        fn = triton.heuristics(dict(heuristics))(fn)
     if len(configs) < 1:
         raise ValueError("a kernel needs at least one config")
     space = [interpret_config or configs[0]] if INTERPRET else configs

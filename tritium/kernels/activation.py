@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from tritium.autotune import next_pow2, tuned
+from tritium.autotune import needs_int64, next_pow2, tuned
 from tritium.platform import INTERPRET
 
 CONFIGS = [
@@ -45,19 +45,44 @@ def _silu_and_mul_kernel(
     stride_yt,  # y row stride
     BLOCK_T: tl.constexpr,
     BLOCK_F: tl.constexpr,
+    EVEN_N: tl.constexpr,  # F % BLOCK_F == 0: no column mask (heuristic)
+    EVEN_ROWS: tl.constexpr,  # T % BLOCK_T == 0: no row mask (heuristic)
+    OFFS_64: tl.constexpr,  # some element offset may pass 2^31 (launcher check): 64-bit index math
 ):
     rows = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
     cols = tl.program_id(1) * BLOCK_F + tl.arange(0, BLOCK_F)
-    mask = (rows < n_rows)[:, None] & (cols < n_cols)[None, :]
-    r64 = rows.to(tl.int64)[:, None]  # 64-bit: T x 2F can pass 2^31 elements
-    xp = x_ptr + r64 * stride_xt + cols[None, :]
-    a = tl.load(xp, mask=mask, other=0.0).to(tl.float32)
-    b = tl.load(xp + n_cols, mask=mask, other=0.0).to(tl.float32)
-    y = a * tl.sigmoid(a) * b
-    tl.store(y_ptr + r64 * stride_yt + cols[None, :], y.to(y_ptr.dtype.element_ty), mask=mask)
+    # Full tiles load and store with no mask at all, as Inductor's size-specialised kernels do; a partial
+    # tile tests only the bound that can fail.
+    FULL: tl.constexpr = EVEN_N and EVEN_ROWS
+    if EVEN_N:
+        mask = (rows < n_rows)[:, None]
+    elif EVEN_ROWS:
+        mask = (cols < n_cols)[None, :]
+    else:
+        mask = (rows < n_rows)[:, None] & (cols < n_cols)[None, :]
+    if OFFS_64:  # only when T x 2F can pass 2^31 elements
+        rows = rows.to(tl.int64)
+    xp = x_ptr + (rows * stride_xt)[:, None] + cols[None, :]
+    yp = y_ptr + (rows * stride_yt)[:, None] + cols[None, :]
+    if FULL:
+        a = tl.load(xp).to(tl.float32)
+        b = tl.load(xp + n_cols).to(tl.float32)
+    else:
+        a = tl.load(xp, mask=mask, other=0.0).to(tl.float32)
+        b = tl.load(xp + n_cols, mask=mask, other=0.0).to(tl.float32)
+    y = (a * tl.sigmoid(a) * b).to(y_ptr.dtype.element_ty)
+    if FULL:
+        tl.store(yp, y)
+    else:
+        tl.store(yp, y, mask=mask)
 
 
-_kernel = tuned(_silu_and_mul_kernel, CONFIGS, key=KEY, interpret_config=INTERPRET_CONFIG)
+# EVEN_* depend on the config's blocks: heuristics, evaluated per launch after the config is chosen.
+HEURISTICS = {
+    "EVEN_N": lambda a: a["n_cols"] % a["BLOCK_F"] == 0,
+    "EVEN_ROWS": lambda a: a["n_rows"] % a["BLOCK_T"] == 0,
+}
+_kernel = tuned(_silu_and_mul_kernel, CONFIGS, key=KEY, interpret_config=INTERPRET_CONFIG, heuristics=HEURISTICS)
 
 
 def silu_and_mul(x, *, out=None, config=None):
@@ -89,7 +114,8 @@ def silu_and_mul(x, *, out=None, config=None):
         )
     _kernel(
         lambda meta: (triton.cdiv(n, meta["BLOCK_T"]), triton.cdiv(f, meta["BLOCK_F"])),
-        x, out, n, f, next_pow2(n), x.stride(0), out.stride(0), config=config,
+        x, out, n, f, next_pow2(n), x.stride(0), out.stride(0),
+        OFFS_64=needs_int64(((n, 2 * f), (x.stride(0), 1)), ((n, f), (out.stride(0), 1))), config=config,
     )
     return out
 

@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from tritium.autotune import next_pow2, tuned
+from tritium.autotune import needs_int64, next_pow2, tuned
 from tritium.platform import INTERPRET
 
 # Rows of hidden-size width (H = 1000..8192): one to a few rows per program, warps scaled with width.
@@ -60,6 +60,19 @@ DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 @triton.jit
+def _tile_mask(rows, cols, n_rows, n_cols, EVEN_ROWS: tl.constexpr, EVEN_N: tl.constexpr):
+    """[ROWS, BLOCK_N] bounds mask of a tile that is not full (at least one flag false): only the bounds
+    that can fail are tested."""
+    if EVEN_N:
+        mask = (rows < n_rows)[:, None]
+    elif EVEN_ROWS:
+        mask = (cols < n_cols)[None, :]
+    else:
+        mask = (rows < n_rows)[:, None] & (cols < n_cols)[None, :]
+    return mask
+
+
+@triton.jit
 def _rms_norm_kernel(
     x_ptr,  # [T, NH, N] input (NH = 1 for a [T, N] matrix); last dim contiguous
     r_ptr,  # [T, N] residual, read only when HAS_RESIDUAL
@@ -67,7 +80,6 @@ def _rms_norm_kernel(
     y_ptr,  # [T, NH, N] output
     ro_ptr,  # [T, N] residual output rnd(x + r), written only when HAS_RESIDUAL
     n_rows,  # T * NH
-    n_heads,  # NH
     n_cols,  # N (autotune key)
     rows_bucket,  # next_pow2(n_rows) (autotune key)
     stride_xt, stride_xh,  # x strides of dims 0 and 1
@@ -76,38 +88,80 @@ def _rms_norm_kernel(
     stride_rot,  # residual-output row stride
     eps,  # float
     HAS_RESIDUAL: tl.constexpr,
+    NH: tl.constexpr,  # heads per token: row -> (token, head) by a constant (shifts for powers of two)
     BLOCK_N: tl.constexpr,  # next_pow2(N)
     ROWS: tl.constexpr,  # rows per program
+    EVEN_N: tl.constexpr,  # N == BLOCK_N: no column mask (heuristic)
+    EVEN_ROWS: tl.constexpr,  # n_rows % ROWS == 0: every tile full, no row mask (heuristic)
+    OFFS_64: tl.constexpr,  # some element offset may pass 2^31 (launcher check): 64-bit index math
 ):
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     cols = tl.arange(0, BLOCK_N)
-    col_ok = cols < n_cols
+    # Full tiles (both flags) load and store with no mask at all, as Inductor's size-specialised kernels do.
+    FULL: tl.constexpr = EVEN_N and EVEN_ROWS
     # The weight first: its load overlaps x's instead of following the reduction.
-    w = tl.load(w_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
-    mask = (rows < n_rows)[:, None] & col_ok[None, :]
-    # 64-bit offsets: T x row stride can pass 2^31 for long prefills.
-    t = (rows // n_heads).to(tl.int64)
-    h = (rows % n_heads).to(tl.int64)
-    x = tl.load(x_ptr + (t * stride_xt + h * stride_xh)[:, None] + cols[None, :], mask=mask, other=0.0)
+    if EVEN_N:
+        w = tl.load(w_ptr + cols).to(tl.float32)
+    else:
+        w = tl.load(w_ptr + cols, mask=cols < n_cols, other=0.0).to(tl.float32)
+    if not FULL:
+        mask = _tile_mask(rows, cols, n_rows, n_cols, EVEN_ROWS, EVEN_N)
+    if OFFS_64:  # only when T x row stride can pass 2^31 (long prefills over wide rows)
+        rows = rows.to(tl.int64)
+    if NH == 1:
+        t = rows
+        xo = t * stride_xt
+        yo = t * stride_yt
+    else:
+        t = rows // NH
+        h = rows % NH
+        xo = t * stride_xt + h * stride_xh
+        yo = t * stride_yt + h * stride_yh
+    x_ptrs = x_ptr + xo[:, None] + cols[None, :]
+    if FULL:
+        x = tl.load(x_ptrs)
+    else:
+        x = tl.load(x_ptrs, mask=mask, other=0.0)
     x = x.to(tl.float32)
     if HAS_RESIDUAL:
-        r = tl.load(r_ptr + (t * stride_rt)[:, None] + cols[None, :], mask=mask, other=0.0)
+        r_ptrs = r_ptr + (t * stride_rt)[:, None] + cols[None, :]
+        ro_ptrs = ro_ptr + (t * stride_rot)[:, None] + cols[None, :]
+        if FULL:
+            r = tl.load(r_ptrs)
+        else:
+            r = tl.load(r_ptrs, mask=mask, other=0.0)
         # The residual stream is kept in the model dtype; normalise the rounded sum.
         s = (x + r.to(tl.float32)).to(ro_ptr.dtype.element_ty)
-        tl.store(ro_ptr + (t * stride_rot)[:, None] + cols[None, :], s, mask=mask)
+        if FULL:
+            tl.store(ro_ptrs, s)
+        else:
+            tl.store(ro_ptrs, s, mask=mask)
         x = s.to(tl.float32)
     inv = tl.rsqrt(tl.sum(x * x, axis=1) / n_cols + eps)
     n = (x * inv[:, None]).to(y_ptr.dtype.element_ty).to(tl.float32)
     y = (n * w[None, :]).to(y_ptr.dtype.element_ty)
-    tl.store(y_ptr + (t * stride_yt + h * stride_yh)[:, None] + cols[None, :], y, mask=mask)
+    y_ptrs = y_ptr + yo[:, None] + cols[None, :]
+    if FULL:
+        tl.store(y_ptrs, y)
+    else:
+        tl.store(y_ptrs, y, mask=mask)
 
 
+# The flags that drop masks: EVEN_ROWS depends on the config's ROWS, so both are heuristics evaluated per
+# launch (tuned trials and explicit config= launches alike), after the config is chosen.
+HEURISTICS = {
+    "EVEN_N": lambda a: a["n_cols"] == a["BLOCK_N"],
+    "EVEN_ROWS": lambda a: a["n_rows"] % a["ROWS"] == 0,
+}
 # In-place calls (out=x, residual_out=residual) are tuned on copies of the outputs: no restore_value, whose
 # clone-and-copy-back of x and r the tuner would time with every trial (4 extra passes over memory).
 _OUTS = ("y_ptr", "ro_ptr")
-_rows_kernel = tuned(_rms_norm_kernel, CONFIGS, key=KEY, interpret_config=INTERPRET_CONFIG, tune_on_copies=_OUTS)
+_rows_kernel = tuned(
+    _rms_norm_kernel, CONFIGS, key=KEY, interpret_config=INTERPRET_CONFIG, tune_on_copies=_OUTS, heuristics=HEURISTICS
+)
 _heads_kernel = tuned(
-    _rms_norm_kernel, HEAD_CONFIGS, key=KEY, interpret_config=HEAD_INTERPRET_CONFIG, tune_on_copies=_OUTS
+    _rms_norm_kernel, HEAD_CONFIGS, key=KEY, interpret_config=HEAD_INTERPRET_CONFIG, tune_on_copies=_OUTS,
+    heuristics=HEURISTICS,
 )
 
 
@@ -147,11 +201,16 @@ def _launch(kernel, x, r, w, y, ro, n_heads, sx, sr, sy, sro, eps, has_residual,
         cap = INTERPRET_CONFIG if kernel is _rows_kernel else HEAD_INTERPRET_CONFIG
         config = triton.Config({"ROWS": min(cap.kwargs["ROWS"], next_pow2(n_rows))}, num_warps=cap.num_warps)
     n_cols = x.shape[-1]
+    t, mat = x.shape[0], (x.shape[0], n_cols)
+    views = [((t, n_heads, n_cols), (*sx, 1)), ((t, n_heads, n_cols), (*sy, 1))]
+    if has_residual:
+        views += [(mat, (sr, 1)), (mat, (sro, 1))]
     kernel(
         lambda meta: (triton.cdiv(n_rows, meta["ROWS"]),),
-        x, r, w, y, ro, n_rows, n_heads, n_cols, next_pow2(n_rows),
+        x, r, w, y, ro, n_rows, n_cols, next_pow2(n_rows),
         sx[0], sx[1], sr, sy[0], sy[1], sro, float(eps),
-        HAS_RESIDUAL=has_residual, BLOCK_N=next_pow2(n_cols), config=config,
+        HAS_RESIDUAL=has_residual, NH=n_heads, BLOCK_N=next_pow2(n_cols),
+        OFFS_64=needs_int64(*views), config=config,
     )
 
 
