@@ -140,3 +140,36 @@ def test_64_bit_index_path_matches(monkeypatch):
     want = silu_and_mul(x)
     monkeypatch.setattr(act, "needs_int64", lambda *views: True)
     assert torch.equal(silu_and_mul(x), want)
+
+
+def _check_bit_identical_to_masked(tokens, f, dtype, device):
+    """Mask-free (and 32-bit indexed) tiles give exactly the bits of the fully masked 64-bit kernel,
+    launched directly so the heuristics cannot drop the masks."""
+    import triton
+
+    from tritium.autotune import next_pow2
+    from tritium.kernels.activation import _silu_and_mul_kernel
+
+    x = randn(tokens, 2 * f, dtype=dtype, device=device, scale=3.0)
+    for config in CONFIGS:
+        y = silu_and_mul(x, config=config)
+        y0 = torch.empty_like(y)
+        grid = (triton.cdiv(tokens, config.kwargs["BLOCK_T"]), triton.cdiv(f, config.kwargs["BLOCK_F"]))
+        _silu_and_mul_kernel[grid](
+            x, y0, tokens, f, next_pow2(tokens), x.stride(0), y0.stride(0),
+            EVEN_N=False, EVEN_ROWS=False, OFFS_64=True, **config.all_kwargs(),
+        )
+        assert torch.equal(y, y0), config
+
+
+@pytest.mark.parametrize("dtype", CPU_DTYPES)
+def test_bit_identical_to_masked_kernel(dtype):
+    _check_bit_identical_to_masked(8, 2048, dtype, "cpu")
+    _check_bit_identical_to_masked(5, 1100, dtype, "cpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("tokens", [1, 16, 256, 4096, 37])
+@pytest.mark.parametrize("inter", [3072, 12288, 1000])
+def test_gpu_bf16_bit_identical_to_masked_kernel(tokens, inter):
+    _check_bit_identical_to_masked(tokens, inter, torch.bfloat16, "cuda")

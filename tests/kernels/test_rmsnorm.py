@@ -342,3 +342,67 @@ def test_64_bit_index_path_matches(monkeypatch):
     got = rms_norm(x, w, 1e-6), add_rms_norm(x, r, w, 1e-6), head_rms_norm(heads, hw, 1e-6)
     assert torch.equal(got[0], want[0]) and torch.equal(got[2], want[2])
     assert torch.equal(got[1][0], want[1][0]) and torch.equal(got[1][1], want[1][1])
+
+
+def _rows_masked_like_before(x, r, w, y, ro, config, has_residual):
+    """The kernel with every mask kept and 64-bit index math (the code before mask-free tiles), launched
+    directly so the heuristics cannot drop the masks."""
+    import triton
+
+    from tritium.kernels.rmsnorm import _rms_norm_kernel
+
+    t, h = x.shape
+    _rms_norm_kernel[(triton.cdiv(t, config.kwargs["ROWS"]),)](
+        x, r, w, y, ro, t, h, next_pow2(t), x.stride(0), 0, r.stride(0), y.stride(0), 0, ro.stride(0), 1e-6,
+        HAS_RESIDUAL=has_residual, NH=1, BLOCK_N=next_pow2(h), EVEN_N=False, EVEN_ROWS=False, OFFS_64=True,
+        **config.all_kwargs(),
+    )
+
+
+def _heads_masked_like_before(q, w, y, config):
+    import triton
+
+    from tritium.kernels.rmsnorm import _rms_norm_kernel
+
+    t, nh, d = q.shape
+    _rms_norm_kernel[(triton.cdiv(t * nh, config.kwargs["ROWS"]),)](
+        q, q, w, y, y, t * nh, d, next_pow2(t * nh), q.stride(0), q.stride(1), 0, y.stride(0), y.stride(1), 0,
+        1e-6, HAS_RESIDUAL=False, NH=nh, BLOCK_N=next_pow2(d), EVEN_N=False, EVEN_ROWS=False, OFFS_64=True,
+        **config.all_kwargs(),
+    )
+
+
+def _check_bit_identical_to_masked(tokens, hidden, heads, d, dtype, device, row_configs, head_configs):
+    """Mask-free (and 32-bit indexed) tiles give exactly the bits of the fully masked 64-bit kernel."""
+    x, r = randn(tokens, hidden, dtype=dtype, device=device), randn(tokens, hidden, dtype=dtype, device=device)
+    w = randn(hidden, dtype=dtype, device=device, scale=0.1) + 1
+    for config in row_configs:
+        y, y0 = torch.empty_like(x), torch.empty_like(x)
+        rms_norm(x, w, 1e-6, out=y, config=config)
+        _rows_masked_like_before(x, x, w, y0, y0, config, False)
+        assert torch.equal(y, y0), config
+        ro, ro0 = torch.empty_like(x), torch.empty_like(x)
+        add_rms_norm(x, r, w, 1e-6, out=y, residual_out=ro, config=config)
+        _rows_masked_like_before(x, r, w, y0, ro0, config, True)
+        assert torch.equal(y, y0) and torch.equal(ro, ro0), config
+    qkv = randn(tokens, (heads + 2 * 8) * d, dtype=dtype, device=device)
+    q = qkv[:, : heads * d].view(tokens, heads, d)
+    wd = randn(d, dtype=dtype, device=device, scale=0.1) + 1
+    for config in head_configs:
+        y, y0 = torch.empty_like(q), torch.empty_like(q)
+        head_rms_norm(q, wd, 1e-6, out=y, config=config)
+        _heads_masked_like_before(q, wd, y0, config)
+        assert torch.equal(y, y0), config
+
+
+@pytest.mark.parametrize("dtype", CPU_DTYPES)
+def test_bit_identical_to_masked_kernel(dtype):
+    _check_bit_identical_to_masked(9, 256, 4, 64, dtype, "cpu", CONFIGS, HEAD_CONFIGS)
+    _check_bit_identical_to_masked(8, 200, 3, 96, dtype, "cpu", CONFIGS[:3], HEAD_CONFIGS[:2])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("tokens,hidden,heads", [(4096, 1024, 16), (256, 4096, 32), (16, 1024, 16), (256, 1024, 16),
+                                                 (1, 1024, 16), (37, 1000, 32)])
+def test_gpu_bf16_bit_identical_to_masked_kernel(tokens, hidden, heads):
+    _check_bit_identical_to_masked(tokens, hidden, heads, 128, torch.bfloat16, "cuda", CONFIGS, HEAD_CONFIGS)

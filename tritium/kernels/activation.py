@@ -5,6 +5,8 @@
 computed in fp32 and rounded once to x's dtype. x: fp16, bf16 or fp32, rows of any stride with a
 contiguous last dim (e.g. the output of a fused gate|up projection); out [T, F] likewise.
 Tiled in 2-D over (rows, columns) so both a large T and a large F fill the machine.
+Full tiles (F % BLOCK_F == 0, T % BLOCK_T == 0: EVEN_N / EVEN_ROWS heuristics, per config) load and
+store with no mask; index math is 32-bit unless an offset can pass 2^31.
 Under Triton's CPU interpreter a launch without config= runs INTERPRET_CONFIG with its blocks cut to
 next_pow2 of T and F: many rows per program, as the interpreter's cost is per program and per op.
 """

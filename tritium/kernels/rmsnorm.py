@@ -15,6 +15,9 @@ rounding of a 16-bit product. Both are no-ops in fp32.
   dim; out may be x (in place).
 x / residual / out: fp16, bf16 or fp32, all the same dtype. weight: any float dtype, used in fp32.
 All three run one kernel: a tile of ROWS rows x next_pow2(H) columns per program, one pass over memory.
+Specialised as Inductor specialises to exact sizes, without losing generality: a tile with H == next_pow2(H)
+and rows % ROWS == 0 loads and stores with no mask (EVEN_N / EVEN_ROWS heuristics, per config); the head
+count is a constexpr (row -> token, head by constants); index math is 32-bit unless an offset can pass 2^31.
 Under Triton's CPU interpreter a launch without config= runs INTERPRET_CONFIG / HEAD_INTERPRET_CONFIG, its
 ROWS cut to next_pow2(rows): many rows per program, because the interpreter's cost is per program and per
 op (masked lanes included), not per byte. The GPU runs the tuned choice from CONFIGS / HEAD_CONFIGS.
