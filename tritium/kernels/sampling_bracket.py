@@ -4,22 +4,24 @@ Semantics as in sampling_filter.py: v* is the largest present value v of z = log
 holds: count(z >= v) >= k_on or mass(z >= v) >= mass_on (both fall as v rises).
 
 A pending row keeps a bracket [lo, hi): the predicate holds at lo and fails at hi (hi = +inf at first, lo the
-row's smallest finite z), with n_hi tokens of mass m_hi at or above hi. Each round is one launch over
-grid (B, C), a CHUNK of the row per program, so a pending row costs about one parallel read per round:
-1. merge the previous round: sum its per-chunk counts and masses at NP probes, spread evenly over
+row's smallest finite z), with n_hi tokens of mass m_hi at or above hi. Each round is one launch of a
+persistent grid (a few programs per SM) whose programs take the work items (pending row, CHUNK of it) in
+turn, so one pending row spreads over V / CHUNK programs and a launch with none pending costs one vector
+load of the row phases per program. An item:
+1. merges the previous round: sums its per-chunk counts and masses at NP probes, spread evenly over
    [lo, min(hi, max z)] (the first at lo, the last at the top); the predicate holds at the first a probes,
    so the bracket becomes [probe a-1, probe a) (a = NP: [the top, hi)), about NP - 1 times narrower.
-2. if the bracket now holds at most NWIN tokens, gather them: each program writes its chunk's share at an
-   offset given by the per-chunk counts (a fixed order, so the window is deterministic);
-3. else count tokens and mass at or above the new probes in the chunk, for the next round.
+2. if the bracket now holds at most NWIN tokens, gathers them: its chunk's share at an offset given by the
+   per-chunk counts (a fixed order, so the window is deterministic);
+3. else counts tokens and mass at or above the new probes in its chunk, for the next round.
 The last launch only merges and gathers; a row still too wide (huge ties, or more rounds needed) is left
 to the exact sequential kernel of sampling_threshold.py. Phases per row: 0 bracket set, 1 partials
 written, 2 window gathered, 3 left to the sequential kernel, 4 finished earlier (not pending).
-Then _bracket_draw_kernel, grid (B, C): sorts the window (walk_window) for v*, applies min-p, and scans its
-chunk for the Gumbel-max winner among z >= thr (the plain path's scan); sampling's merge kernel picks the
-row's winner. Rows of other phases return at once, so a batch without pending rows pays only launches.
+Then _bracket_draw_kernel, the same persistent grid over (row in phase 2, CHUNK): sorts the window
+(walk_window) for v*, applies min-p, and scans its chunk for the Gumbel-max winner among z >= thr (the plain
+path's scan); sampling's merge kernel picks the row's winner.
 State buffers are double: round r reads one and writes the other, as other programs of the same launch
-may still be reading the state of the previous round.
+may still be reading the state of the previous round (program 0 carries the other rows' state over).
 """
 from __future__ import annotations
 
@@ -32,12 +34,15 @@ from tritium.kernels import sampling_threshold as th
 from tritium.kernels.gumbel import scan_chunk
 from tritium.kernels.sampling import _sample_merge_kernel
 from tritium.kernels.sampling_threshold import predicate_bounds, row_params, threshold, walk_window
+from tritium.platform import INTERPRET
 
 NPROBES = 16  # probes per round: the bracket narrows ~15x per round
 ROUNDS = 3  # rounds that probe; then one more launch that only merges and gathers
+ROUND_CHUNK = 2048  # tokens per work item of the rounds and the draw (74 items for a 151,936 row)
 ROUND_BLOCK = 256  # tokens per loop step of a round ([NPROBES, ROUND_BLOCK] compares)
 ROUND_WARPS = 4
 DRAW_BLOCK = 1024  # tokens per loop step of the draw
+PROGRAMS_PER_SM = 4  # the persistent grid (the interpreter runs a few programs: its cost is per program)
 PHASE_DONE = tl.constexpr(4)  # rows finished by the candidate window (written by the finishing kernel)
 
 
@@ -55,6 +60,16 @@ def init_bracket(bf_ptr, bi_ptr, row, B, done, lo):
 
 
 @triton.jit
+def _rows_in_phase(bi_ptr, B, PH_MIN: tl.constexpr, PH_MAX: tl.constexpr, BPAD: tl.constexpr):
+    """The rows whose phase (bi [B, 4], entry 0) lies in [PH_MIN, PH_MAX]: (row ids, selected, rank among
+    the selected, their number); work item i belongs to the selected row of rank i // C."""
+    b = tl.arange(0, BPAD)
+    ph = tl.load(bi_ptr + b * 4, mask=b < B, other=PHASE_DONE)
+    sel = (ph >= PH_MIN) & (ph <= PH_MAX)
+    return b, sel, tl.cumsum(sel.to(tl.int32), 0) - 1, tl.sum(sel.to(tl.int32))
+
+
+@triton.jit
 def _probes(lo, hi, big, NP: tl.constexpr):
     # NP probes from lo to top = min(hi, max z), the first exactly lo and the last exactly top
     top = tl.minimum(hi, big)
@@ -64,26 +79,12 @@ def _probes(lo, hi, big, NP: tl.constexpr):
 
 
 @triton.jit
-def _bracket_round_kernel(
-    logits_ptr,  # [B, V] fp32/bf16/fp16
-    stride_row,
-    temp_ptr, topk_ptr, topp_ptr, minp_ptr,  # [B] fp32, int32, fp32, fp32
-    row_f_ptr,  # [B, 3] fp32: max z, sum exp(z - max), min finite z
-    state_ptr,  # [B] int32: 1 pending (the others return at once)
-    bf_in_ptr, bi_in_ptr,  # [B, 4] fp32 (lo, hi, m_hi, -), int32 (phase, n_hi, n_win, -): previous round
-    bf_out_ptr, bi_out_ptr,  # the same, written by program 0 of each row
-    cnt_in_ptr, mass_in_ptr,  # [B, C, NP] int32, fp32: the previous round's counts and masses at its probes
-    cnt_out_ptr, mass_out_ptr,  # [B, C, NP] this round's
-    win_ptr,  # [B, NWIN] fp32 out: the window
-    V, C,
-    HAS_K: tl.constexpr, HAS_P: tl.constexpr, HAS_MINP: tl.constexpr,
-    LAST: tl.constexpr,  # merge and gather only
-    CHUNK: tl.constexpr, BLOCK: tl.constexpr, NP: tl.constexpr, CPAD: tl.constexpr, NWIN: tl.constexpr,
-):
-    row = tl.program_id(0).to(tl.int64)
-    c = tl.program_id(1)
-    if tl.load(state_ptr + row) == 0:
-        return
+def _round_item(logits_ptr, stride_row, temp_ptr, topk_ptr, topp_ptr, minp_ptr, row_f_ptr, bf_in_ptr, bi_in_ptr,
+                bf_out_ptr, bi_out_ptr, cnt_in_ptr, mass_in_ptr, cnt_out_ptr, mass_out_ptr, win_ptr, row, c, V, C,
+                HAS_K: tl.constexpr, HAS_P: tl.constexpr, HAS_MINP: tl.constexpr, LAST: tl.constexpr,
+                CHUNK: tl.constexpr, BLOCK: tl.constexpr, NP: tl.constexpr, CPAD: tl.constexpr, NWIN: tl.constexpr):
+    """One round's work on chunk c of a pending row (steps 1-3 of the module docstring); chunk 0 writes the
+    row's new state."""
     t, k, p, mp = row_params(temp_ptr, topk_ptr, topp_ptr, minp_ptr, row, HAS_K, HAS_P, HAS_MINP)
     inv_t = 1.0 / tl.where(t > 0, t, 1.0)
     big = tl.load(row_f_ptr + row * 3)
@@ -156,6 +157,36 @@ def _bracket_round_kernel(
 
 
 @triton.jit
+def _bracket_round_kernel(
+    logits_ptr,  # [B, V] fp32/bf16/fp16
+    stride_row,
+    temp_ptr, topk_ptr, topp_ptr, minp_ptr,  # [B] fp32, int32, fp32, fp32
+    row_f_ptr,  # [B, 3] fp32: max z, sum exp(z - max), min finite z
+    bf_in_ptr, bi_in_ptr,  # [B, 4] fp32 (lo, hi, m_hi, -), int32 (phase, n_hi, n_win, -): previous round
+    bf_out_ptr, bi_out_ptr,  # the same, written for every row
+    cnt_in_ptr, mass_in_ptr,  # [B, C, NP] int32, fp32: the previous round's counts and masses at its probes
+    cnt_out_ptr, mass_out_ptr,  # [B, C, NP] this round's
+    win_ptr,  # [B, NWIN] fp32 out: the window
+    B, V, C,
+    HAS_K: tl.constexpr, HAS_P: tl.constexpr, HAS_MINP: tl.constexpr,
+    LAST: tl.constexpr,  # merge and gather only
+    CHUNK: tl.constexpr, BLOCK: tl.constexpr, NP: tl.constexpr, CPAD: tl.constexpr, NWIN: tl.constexpr,
+    BPAD: tl.constexpr,  # next_pow2(B)
+):
+    rows, sel, rank, n = _rows_in_phase(bi_in_ptr, B, 0, 1, BPAD)
+    if tl.program_id(0) == 0:  # rows not pending keep their state in the other buffer
+        e = rows[:, None] * 4 + tl.arange(0, 4)[None, :]
+        keep = (~sel & (rows < B))[:, None]
+        tl.store(bf_out_ptr + e, tl.load(bf_in_ptr + e, mask=keep), mask=keep)
+        tl.store(bi_out_ptr + e, tl.load(bi_in_ptr + e, mask=keep), mask=keep)
+    for item in range(tl.program_id(0), n * C, tl.num_programs(0)):
+        row = tl.sum(tl.where(sel & (rank == item // C), rows, 0)).to(tl.int64)
+        _round_item(logits_ptr, stride_row, temp_ptr, topk_ptr, topp_ptr, minp_ptr, row_f_ptr, bf_in_ptr, bi_in_ptr,
+                    bf_out_ptr, bi_out_ptr, cnt_in_ptr, mass_in_ptr, cnt_out_ptr, mass_out_ptr, win_ptr, row,
+                    item % C, V, C, HAS_K, HAS_P, HAS_MINP, LAST, CHUNK, BLOCK, NP, CPAD, NWIN)
+
+
+@triton.jit
 def _bracket_draw_kernel(
     logits_ptr,  # [B, V]
     stride_row,
@@ -166,32 +197,32 @@ def _bracket_draw_kernel(
     win_ptr,  # [B, NWIN] fp32: the gathered windows
     part_f_ptr,  # [B, C, 3] fp32 out: best score, max z, sum exp(z - max) over the kept tokens of the chunk
     part_i_ptr,  # [B, C] int32 out: best token
-    V,
+    B, V, C,
     HAS_K: tl.constexpr, HAS_P: tl.constexpr, HAS_MINP: tl.constexpr, LOGPROBS: tl.constexpr,
-    CHUNK: tl.constexpr, BLOCK: tl.constexpr, NWIN: tl.constexpr,
+    CHUNK: tl.constexpr, BLOCK: tl.constexpr, NWIN: tl.constexpr, BPAD: tl.constexpr,
 ):
-    row = tl.program_id(0).to(tl.int64)
-    c = tl.program_id(1)
-    if tl.load(bi_ptr + row * 4) != 2:
-        return
-    t, k, p, mp = row_params(temp_ptr, topk_ptr, topp_ptr, minp_ptr, row, HAS_K, HAS_P, HAS_MINP)
-    big = tl.load(row_f_ptr + row * 3)
-    k_on, mass_on = predicate_bounds(k, p, V, tl.load(row_f_ptr + row * 3 + 1))
-    lo = tl.load(bf_ptr + row * 4)
-    vstar = walk_window(win_ptr + row * NWIN, tl.load(bi_ptr + row * 4 + 2), tl.load(bi_ptr + row * 4 + 1),
-                        tl.load(bf_ptr + row * 4 + 2), big, k_on, mass_on, NWIN)
-    thr = threshold(tl.maximum(vstar, lo), k, p, mp, big)
-    sampled = t > 0
-    end = tl.minimum(c * CHUNK + CHUNK, V)
-    win, tok, m, s = scan_chunk(logits_ptr + row * stride_row, c * CHUNK, end, 1.0 / tl.where(sampled, t, 1.0),
-                                sampled, tl.load(seed_ptr + row), tl.load(step_ptr + row), thr, LOGPROBS, True,
-                                BLOCK)
-    slot = row * tl.num_programs(1) + c
-    tl.store(part_f_ptr + slot * 3, win)
-    tl.store(part_i_ptr + slot, tok)
-    if LOGPROBS:
-        tl.store(part_f_ptr + slot * 3 + 1, m)
-        tl.store(part_f_ptr + slot * 3 + 2, s)
+    rows, sel, rank, n = _rows_in_phase(bi_ptr, B, 2, 2, BPAD)
+    for item in range(tl.program_id(0), n * C, tl.num_programs(0)):
+        row = tl.sum(tl.where(sel & (rank == item // C), rows, 0)).to(tl.int64)
+        c = item % C
+        t, k, p, mp = row_params(temp_ptr, topk_ptr, topp_ptr, minp_ptr, row, HAS_K, HAS_P, HAS_MINP)
+        big = tl.load(row_f_ptr + row * 3)
+        k_on, mass_on = predicate_bounds(k, p, V, tl.load(row_f_ptr + row * 3 + 1))
+        lo = tl.load(bf_ptr + row * 4)
+        vstar = walk_window(win_ptr + row * NWIN, tl.load(bi_ptr + row * 4 + 2), tl.load(bi_ptr + row * 4 + 1),
+                            tl.load(bf_ptr + row * 4 + 2), big, k_on, mass_on, NWIN)
+        thr = threshold(tl.maximum(vstar, lo), k, p, mp, big)
+        sampled = t > 0
+        end = tl.minimum(c * CHUNK + CHUNK, V)
+        win, tok, m, s = scan_chunk(logits_ptr + row * stride_row, c * CHUNK, end, 1.0 / tl.where(sampled, t, 1.0),
+                                    sampled, tl.load(seed_ptr + row), tl.load(step_ptr + row), thr, LOGPROBS, True,
+                                    BLOCK)
+        slot = row * C + c
+        tl.store(part_f_ptr + slot * 3, win)
+        tl.store(part_i_ptr + slot, tok)
+        if LOGPROBS:
+            tl.store(part_f_ptr + slot * 3 + 1, m)
+            tl.store(part_f_ptr + slot * 3 + 2, s)
 
 
 def reset_brackets(state, row_f, bf, bi) -> None:
@@ -203,28 +234,36 @@ def reset_brackets(state, row_f, bf, bi) -> None:
     bf[0, :, 2] = 0.0
 
 
-def draw_pending(logits, temperature, seeds, offsets, filt, flags, row_f, state, bf, bi, win, out, lp, chunk):
-    """Bracket rounds, draw and merge for rows with state 1, then the sequential kernel for the rows left
-    over. filt: the (top_k, top_p, min_p) tensors (dummies where off); flags: HAS_K, HAS_P, HAS_MINP,
+def _programs(device, items: int) -> int:
+    """The persistent grid: a few programs per SM (a few in all under the interpreter), never more than items."""
+    per = 4 if INTERPRET else PROGRAMS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count
+    return max(1, min(items, per))
+
+
+def draw_pending(logits, temperature, seeds, offsets, filt, flags, row_f, state, bf, bi, win, out, lp):
+    """Bracket rounds, draw and merge for rows in phase 0 (pending), then the sequential kernel for the rows
+    left over. filt: the (top_k, top_p, min_p) tensors (dummies where off); flags: HAS_K, HAS_P, HAS_MINP,
     LOGPROBS; win [B, NWIN] fp32 scratch; lp: logprobs out (a dummy without LOGPROBS)."""
     B, V = logits.shape
+    chunk = min(ROUND_CHUNK, next_pow2(V))
     C = -(-V // chunk)
     nwin = win.shape[1]
     has = {k: flags[k] for k in ("HAS_K", "HAS_P", "HAS_MINP")}
+    grid = (_programs(logits.device, B * C),)
     cnt = torch.empty((2, B, C, NPROBES), dtype=torch.int32, device=logits.device)
     mass = torch.empty((2, B, C, NPROBES), dtype=torch.float32, device=logits.device)
     for r in range(ROUNDS + 1):
         i, o = r % 2, (r + 1) % 2
-        _bracket_round_kernel[(B, C)](
-            logits, logits.stride(0), temperature, *filt, row_f, state, bf[i], bi[i], bf[o], bi[o], cnt[i], mass[i],
-            cnt[o], mass[o], win, V, C, **has, LAST=r == ROUNDS, CHUNK=chunk, BLOCK=ROUND_BLOCK, NP=NPROBES,
-            CPAD=next_pow2(C), NWIN=nwin, num_warps=ROUND_WARPS)
+        _bracket_round_kernel[grid](
+            logits, logits.stride(0), temperature, *filt, row_f, bf[i], bi[i], bf[o], bi[o], cnt[i], mass[i],
+            cnt[o], mass[o], win, B, V, C, **has, LAST=r == ROUNDS, CHUNK=chunk, BLOCK=min(ROUND_BLOCK, chunk),
+            NP=NPROBES, CPAD=next_pow2(C), NWIN=nwin, BPAD=next_pow2(B), num_warps=ROUND_WARPS)
     fin = (ROUNDS + 1) % 2
     part_f = torch.empty((B, C, 3), dtype=torch.float32, device=logits.device)
     part_i = torch.empty((B, C), dtype=torch.int32, device=logits.device)
-    _bracket_draw_kernel[(B, C)](logits, logits.stride(0), temperature, seeds, offsets, *filt, row_f, bf[fin], bi[fin],
-                                 win, part_f, part_i, V, **flags, CHUNK=chunk, BLOCK=min(DRAW_BLOCK, chunk), NWIN=nwin,
-                                 num_warps=4)
+    _bracket_draw_kernel[grid](logits, logits.stride(0), temperature, seeds, offsets, *filt, row_f, bf[fin], bi[fin],
+                               win, part_f, part_i, B, V, C, **flags, CHUNK=chunk, BLOCK=min(DRAW_BLOCK, chunk),
+                               NWIN=nwin, BPAD=next_pow2(B), num_warps=4)
     _sample_merge_kernel[(B,)](part_f, part_i, logits, logits.stride(0), temperature, out, lp, C,
                                STATS=flags["LOGPROBS"], CPAD=next_pow2(C), gate_ptr=bi[fin], GATE=2)
     th._filter_general_kernel[(B,)](logits, logits.stride(0), temperature, seeds, offsets, *filt, row_f, bi[fin],

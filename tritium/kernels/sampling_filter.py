@@ -295,5 +295,5 @@ def sample_filtered(logits, temperature, seeds, offsets, top_k, top_p, min_p, ou
                                 num_warps=8)
     if force_general:
         reset_brackets(state, row_f, bf, bi)
-    draw_pending(logits, temperature, seeds, offsets, filt, flags, row_f, state, bf, bi, win_z, out, lp, chunk)
+    draw_pending(logits, temperature, seeds, offsets, filt, flags, row_f, state, bf, bi, win_z, out, lp)
     return out
