@@ -239,7 +239,6 @@ def test_candidate_windows_and_general_path(monkeypatch):
     monkeypatch.setattr(F, "FILTER_CHUNK", 64)
     monkeypatch.setattr(F, "NWIN", 32)
     monkeypatch.setattr(B_, "ROUND_CHUNK", 64)  # ten work items per pending row
-    monkeypatch.setattr(B_, "ROUND_BLOCK", 16)
     B, V = 6, 600
     g = torch.Generator().manual_seed(5)
     x = torch.randn(B, V, generator=g) * 0.3  # flat rows: large nuclei, left to the general kernel

@@ -7,7 +7,8 @@ A pending row keeps a bracket [lo, hi): the predicate holds at lo and fails at h
 row's smallest finite z), with n_hi tokens of mass m_hi at or above hi. Each round is one launch of a
 persistent grid (a few programs per SM) whose programs take the work items (pending row, CHUNK of it) in
 turn, so one pending row spreads over V / CHUNK programs and a launch with none pending costs one vector
-load of the row phases per program. An item:
+load of the row phases per program. An item loads its chunk (held in registers), the row state and the
+previous round's counts all at once, then:
 1. merges the previous round: sums its per-chunk counts and masses at NP probes, spread evenly over
    [lo, min(hi, max z)] (the first at lo, the last at the top); the predicate holds at the first a probes,
    so the bracket becomes [probe a-1, probe a) (a = NP: [the top, hi)), about NP - 1 times narrower.
@@ -39,7 +40,7 @@ from tritium.platform import INTERPRET
 NPROBES = 16  # probes per round: the bracket narrows ~15x per round
 ROUNDS = 3  # rounds that probe; then one more launch that only merges and gathers
 ROUND_CHUNK = 2048  # tokens per work item of the rounds and the draw (74 items for a 151,936 row)
-ROUND_BLOCK = 256  # tokens per loop step of a round ([NPROBES, ROUND_BLOCK] compares)
+PROBE_GROUP = 4  # probes compared at once: [PROBE_GROUP, ROUND_CHUNK] per step
 ROUND_WARPS = 4
 DRAW_BLOCK = 1024  # tokens per loop step of the draw
 PROGRAMS_PER_SM = 4  # the persistent grid (the interpreter runs a few programs: its cost is per program)
@@ -70,10 +71,9 @@ def _rows_in_phase(bi_ptr, B, PH_MIN: tl.constexpr, PH_MAX: tl.constexpr, BPAD: 
 
 
 @triton.jit
-def _probes(lo, hi, big, NP: tl.constexpr):
-    # NP probes from lo to top = min(hi, max z), the first exactly lo and the last exactly top
+def _probes(lo, hi, big, j, NP: tl.constexpr):
+    # probes j of NP spread from lo to top = min(hi, max z), probe 0 exactly lo and probe NP - 1 exactly top
     top = tl.minimum(hi, big)
-    j = tl.arange(0, NP)
     q = tl.minimum(lo + (top - lo) * (j.to(tl.float32) / (NP - 1)), top)
     return tl.where(j == NP - 1, top, q)
 
@@ -82,11 +82,18 @@ def _probes(lo, hi, big, NP: tl.constexpr):
 def _round_item(logits_ptr, stride_row, temp_ptr, topk_ptr, topp_ptr, minp_ptr, row_f_ptr, bf_in_ptr, bi_in_ptr,
                 bf_out_ptr, bi_out_ptr, cnt_in_ptr, mass_in_ptr, cnt_out_ptr, mass_out_ptr, win_ptr, row, c, V, C,
                 HAS_K: tl.constexpr, HAS_P: tl.constexpr, HAS_MINP: tl.constexpr, LAST: tl.constexpr,
-                CHUNK: tl.constexpr, BLOCK: tl.constexpr, NP: tl.constexpr, CPAD: tl.constexpr, NWIN: tl.constexpr):
+                CHUNK: tl.constexpr, NP: tl.constexpr, PG: tl.constexpr, CPAD: tl.constexpr, NWIN: tl.constexpr):
     """One round's work on chunk c of a pending row (steps 1-3 of the module docstring); chunk 0 writes the
-    row's new state."""
+    row's new state. Every load is issued up front, so an item waits on memory about once: the chunk, the
+    row's state and the previous round's counts (read even when unused: they are in bounds)."""
+    o = c * CHUNK + tl.arange(0, CHUNK)
+    x = tl.load(logits_ptr + row * stride_row + o, mask=o < V, other=0.0)  # [CHUNK]
+    cc = tl.arange(0, CPAD)[:, None]
+    j = tl.arange(0, NP)
+    part = (row * C + cc) * NP + j[None, :]
+    cnt = tl.load(cnt_in_ptr + part, mask=cc < C, other=0)  # [CPAD, NP]
+    pmass = tl.load(mass_in_ptr + part, mask=cc < C, other=0.0)
     t, k, p, mp = row_params(temp_ptr, topk_ptr, topp_ptr, minp_ptr, row, HAS_K, HAS_P, HAS_MINP)
-    inv_t = 1.0 / tl.where(t > 0, t, 1.0)
     big = tl.load(row_f_ptr + row * 3)
     k_on, mass_on = predicate_bounds(k, p, V, tl.load(row_f_ptr + row * 3 + 1))
     lo = tl.load(bf_in_ptr + row * 4)
@@ -95,17 +102,11 @@ def _round_item(logits_ptr, stride_row, temp_ptr, topk_ptr, topp_ptr, minp_ptr, 
     ph = tl.load(bi_in_ptr + row * 4)
     n_hi = tl.load(bi_in_ptr + row * 4 + 1)
     n_win = tl.load(bi_in_ptr + row * 4 + 2)
-    row_ptr = logits_ptr + row * stride_row
-    start = c * CHUNK
-    end = tl.minimum(start + CHUNK, V)
-    j = tl.arange(0, NP)
+    z = tl.where(o < V, x.to(tl.float32) * (1.0 / tl.where(t > 0, t, 1.0)), float("-inf"))
     if ph == 1:
-        q = _probes(lo, hi, big, NP)
-        cc = tl.arange(0, CPAD)[:, None]
-        part = (row * C + cc) * NP + j[None, :]
-        cnt = tl.load(cnt_in_ptr + part, mask=cc < C, other=0)  # [CPAD, NP]
+        q = _probes(lo, hi, big, j, NP)
         tc = tl.sum(cnt, 0)
-        tm = tl.sum(tl.load(mass_in_ptr + part, mask=cc < C, other=0.0), 0)
+        tm = tl.sum(pmass, 0)
         # at least one probe holds: lo does (forced when rounding of the mass makes it look otherwise)
         a = tl.maximum(tl.sum(((tc >= k_on) | (tm >= mass_on)).to(tl.int32)), 1)
         inner = a < NP
@@ -119,33 +120,23 @@ def _round_item(logits_ptr, stride_row, temp_ptr, topk_ptr, topp_ptr, minp_ptr, 
             if inner:  # gather: this chunk's tokens in [lo, hi), after those of earlier chunks
                 per = tl.sum(tl.where(j[None, :] == a - 1, cnt, 0), 1) - tl.sum(tl.where(j[None, :] == a, cnt, 0), 1)
                 base = tl.sum(tl.where(tl.arange(0, CPAD) < c, per, 0))
-                for off in range(start, end, BLOCK):
-                    o = off + tl.arange(0, BLOCK)
-                    z = tl.load(row_ptr + o, mask=o < end, other=0.0).to(tl.float32) * inv_t
-                    sel = (o < end) & (z >= lo) & (z < hi)
-                    pos = base + tl.cumsum(sel.to(tl.int32), 0) - 1
-                    tl.store(win_ptr + row * NWIN + pos, z, mask=sel & (pos < NWIN))
-                    base += tl.sum(sel.to(tl.int32))
+                sel = (z >= lo) & (z < hi)
+                pos = base + tl.cumsum(sel.to(tl.int32), 0) - 1
+                tl.store(win_ptr + row * NWIN + pos, z, mask=sel & (pos < NWIN))
             ph = 2
     if (ph < 2) & (k <= 0) & (p >= 1.0):  # min-p alone needs no v*
         ph = 2
     if ph < 2:
         if LAST:
             ph = 3
-        else:  # count tokens and mass at or above each new probe in this chunk
-            q = _probes(lo, hi, big, NP)
-            cnt = tl.zeros([NP, BLOCK], tl.int32)
-            mass = tl.zeros([NP, BLOCK], tl.float32)
-            for off in range(start, end, BLOCK):
-                o = off + tl.arange(0, BLOCK)
-                z = tl.load(row_ptr + o, mask=o < end, other=0.0).to(tl.float32) * inv_t
-                z = tl.where(o < end, z, float("-inf"))[None, :]
-                ge = z >= q[:, None]
-                cnt += ge.to(tl.int32)
-                mass += tl.where(ge, tl.exp(z - big), 0.0)
-            out = (row * C + c) * NP + j
-            tl.store(cnt_out_ptr + out, tl.sum(cnt, 1))
-            tl.store(mass_out_ptr + out, tl.sum(mass, 1))
+        else:  # count tokens and mass at or above each new probe in this chunk, PG probes at a time
+            e = tl.exp(z - big)[None, :]
+            for g in tl.static_range(NP // PG):
+                jg = g * PG + tl.arange(0, PG)
+                ge = z[None, :] >= _probes(lo, hi, big, jg, NP)[:, None]  # [PG, CHUNK]
+                out = (row * C + c) * NP + jg
+                tl.store(cnt_out_ptr + out, tl.sum(ge.to(tl.int32), 1))
+                tl.store(mass_out_ptr + out, tl.sum(tl.where(ge, e, 0.0), 1))
             ph = 1
     if c == 0:
         tl.store(bf_out_ptr + row * 4, lo)
@@ -170,7 +161,7 @@ def _bracket_round_kernel(
     B, V, C,
     HAS_K: tl.constexpr, HAS_P: tl.constexpr, HAS_MINP: tl.constexpr,
     LAST: tl.constexpr,  # merge and gather only
-    CHUNK: tl.constexpr, BLOCK: tl.constexpr, NP: tl.constexpr, CPAD: tl.constexpr, NWIN: tl.constexpr,
+    CHUNK: tl.constexpr, NP: tl.constexpr, PG: tl.constexpr, CPAD: tl.constexpr, NWIN: tl.constexpr,
     BPAD: tl.constexpr,  # next_pow2(B)
 ):
     rows, sel, rank, n = _rows_in_phase(bi_in_ptr, B, 0, 1, BPAD)
@@ -183,7 +174,7 @@ def _bracket_round_kernel(
         row = tl.sum(tl.where(sel & (rank == item // C), rows, 0)).to(tl.int64)
         _round_item(logits_ptr, stride_row, temp_ptr, topk_ptr, topp_ptr, minp_ptr, row_f_ptr, bf_in_ptr, bi_in_ptr,
                     bf_out_ptr, bi_out_ptr, cnt_in_ptr, mass_in_ptr, cnt_out_ptr, mass_out_ptr, win_ptr, row,
-                    item % C, V, C, HAS_K, HAS_P, HAS_MINP, LAST, CHUNK, BLOCK, NP, CPAD, NWIN)
+                    item % C, V, C, HAS_K, HAS_P, HAS_MINP, LAST, CHUNK, NP, PG, CPAD, NWIN)
 
 
 @triton.jit
@@ -256,8 +247,8 @@ def draw_pending(logits, temperature, seeds, offsets, filt, flags, row_f, state,
         i, o = r % 2, (r + 1) % 2
         _bracket_round_kernel[grid](
             logits, logits.stride(0), temperature, *filt, row_f, bf[i], bi[i], bf[o], bi[o], cnt[i], mass[i],
-            cnt[o], mass[o], win, B, V, C, **has, LAST=r == ROUNDS, CHUNK=chunk, BLOCK=min(ROUND_BLOCK, chunk),
-            NP=NPROBES, CPAD=next_pow2(C), NWIN=nwin, BPAD=next_pow2(B), num_warps=ROUND_WARPS)
+            cnt[o], mass[o], win, B, V, C, **has, LAST=r == ROUNDS, CHUNK=chunk, NP=NPROBES,
+            PG=PROBE_GROUP, CPAD=next_pow2(C), NWIN=nwin, BPAD=next_pow2(B), num_warps=ROUND_WARPS)
     fin = (ROUNDS + 1) % 2
     part_f = torch.empty((B, C, 3), dtype=torch.float32, device=logits.device)
     part_i = torch.empty((B, C), dtype=torch.int32, device=logits.device)

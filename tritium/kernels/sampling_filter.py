@@ -18,8 +18,10 @@ Fixed launches (all CUDA-graph safe: fixed grids, no host sync):
    sqrt(BLOCK) of them: the top tokens rarely share a lane).
 2. _filter_finish_kernel, grid (B,): merges the chunks (max, sum exp; the unfiltered winner for rows
    without filters) and gathers the row's window: the candidates with z >= max - D, D the widest of a
-   schedule with at most NWIN of them, so every token above the window floor is in it. Sorts the window
-   (count and mass at or above each value: its rank and a cumulative sum) to find v*. If the kept set lies above
+   schedule with at most NWIN of them (all widths counted at once: a histogram of the first width each
+   candidate passes), so every token above the window floor is in it. Sorts the window (count and mass at
+   or above each value: its rank and a cumulative sum; on an NSMALL-wide tile when it is that small) to find
+   v* (sampling_threshold.settle_window). If the kept set lies above
    the floor (the usual case: peaked LLM distributions), draws among the kept window tokens, their noise
    recomputed from the token ids; otherwise marks the row pending.
 3. sampling_bracket.py: pending rows only (others return at once): a few parallel bracketing rounds over
@@ -35,7 +37,7 @@ import triton.language as tl
 from tritium.autotune import next_pow2, tuned
 from tritium.kernels.gumbel import NEG, exp_fast, noisy_scores
 from tritium.kernels.sampling_bracket import draw_pending, init_bracket, reset_brackets
-from tritium.kernels.sampling_threshold import predicate_bounds, row_params, threshold, walk_window
+from tritium.kernels.sampling_threshold import predicate_bounds, row_params, settle_window
 
 # Tokens per program: CHUNK (a multiple of BLOCK, <= FILTER_CHUNK), fixed by V alone, so sums and candidate
 # sets, and with them every draw, do not depend on the batch or the config.
@@ -46,6 +48,7 @@ CAPC = 128  # candidates kept per chunk (lane maxima above the chunk floor: ~sqr
 DMAX = 16.0  # widest row window below the max: exp(-16) ~ 1e-7 of the max probability
 NWIN = 512  # most candidates of a row the finishing kernel sorts (a power of two)
 NRSCHED = 17  # row windows tried: 0, DMAX * 2**(-15/4), ..., DMAX * 2**(-1/4), DMAX
+NSMALL = 64  # a window this small is walked and drawn on a narrow tile (sorting 512 slots costs ~3 us)
 
 
 @triton.jit
@@ -179,6 +182,8 @@ def _filter_finish_kernel(
     HAS_K: tl.constexpr, HAS_P: tl.constexpr, HAS_MINP: tl.constexpr, LOGPROBS: tl.constexpr,
     CAPC: tl.constexpr, CPAD: tl.constexpr, NCAND: tl.constexpr,  # CPAD >= C, NCAND >= C * CAPC
     NWIN: tl.constexpr, DMAX: tl.constexpr, NRSCHED: tl.constexpr,
+    SBINS: tl.constexpr,  # next_pow2(NRSCHED + 1): histogram bins of the schedule steps
+    NSMALL: tl.constexpr,  # windows of at most NSMALL candidates are sorted on a tile that wide
 ):
     row = tl.program_id(0).to(tl.int64)
     t, k, p, mp = row_params(temp_ptr, topk_ptr, topp_ptr, minp_ptr, row, HAS_K, HAS_P, HAS_MINP)
@@ -212,10 +217,17 @@ def _filter_finish_kernel(
         floor = tl.max(tl.load(part + 3, mask=cm, other=float("-inf")))
         w_floor = tl.full([], float("-inf"), tl.float32)
         if NCAND > NWIN:
-            d_sel = -1.0
-            for i in tl.static_range(NRSCHED):  # D = 0 and DMAX * 2**(-j/4), j = NRSCHED - 2 .. 0
-                d = 0.0 if i == 0 else DMAX * 0.5 ** ((NRSCHED - 1 - i) / 4)
-                d_sel = tl.where(tl.sum((valid & (cz >= big - d)).to(tl.int32)) <= NWIN, d, d_sel)
+            # count(cz >= max - D) for every D of the schedule at once: a candidate's step is the first D it
+            # passes (NRSCHED: none), and the counts are the cumulative histogram of the steps
+            step = tl.zeros([NCAND], tl.int32)
+            for i in tl.static_range(NRSCHED):
+                step += (cz < big - _sched(i, DMAX, NRSCHED)).to(tl.int32)
+            hist = tl.histogram(tl.where(valid, step, NRSCHED), SBINS)
+            fits = (tl.cumsum(hist, 0) <= NWIN) & (tl.arange(0, SBINS) < NRSCHED)
+            pick = tl.sum(fits.to(tl.int32)) - 1  # the widest D with at most NWIN candidates (-1: none)
+            d_sel = tl.full([], -1.0, tl.float32)
+            for i in tl.static_range(NRSCHED):
+                d_sel = tl.where(pick == i, _sched(i, DMAX, NRSCHED), d_sel)
             w_floor = tl.where(d_sel >= 0, big - d_sel, float("inf"))
         sel = valid & (cz >= w_floor)
         pos = tl.cumsum(sel.to(tl.int32), 0) - 1
@@ -225,27 +237,22 @@ def _filter_finish_kernel(
         tl.debug_barrier()  # the window was written by other threads of this program
         n_win = tl.sum(sel.to(tl.int32))
         k_on, mass_on = predicate_bounds(k, p, V, total)
-        # counts are exact for window values >= floor
-        vstar = walk_window(win_z_ptr + row * NWIN, n_win, 0, 0.0, big, k_on, mass_on, NWIN)
-        thr = threshold(vstar, k, p, mp, big)
-        w = tl.arange(0, NWIN)
-        wv = w < n_win
-        wz = tl.load(win_z_ptr + row * NWIN + w, mask=wv, other=NEG)
-        wi = tl.load(win_i_ptr + row * NWIN + w, mask=wv, other=0)
-        e = tl.where(wv, tl.exp(wz - big), 0.0)
-        # v* computed below the floor may be too low, but then the true one is below the floor too
-        done = (thr > floor) & (thr >= w_floor)
-        kept = wv & (wz >= thr)
-        noisy = noisy_scores(wz, tl.load(seed_ptr + row), tl.load(step_ptr + row), wi // 4, wi % 4)
-        score = tl.where(t > 0, noisy, wz)
-        score = tl.where(kept, score, float("-inf"))
-        ftok = tl.min(tl.where(kept & (score == tl.max(score)), wi, 2147483647))
-        tl.store(out_ptr + row, ftok.to(tl.int64), mask=done)
-        if LOGPROBS:
-            fz = tl.max(tl.where(wi == ftok, wz, NEG))
-            tl.store(lp_ptr + row, fz - big - tl.log(tl.sum(tl.where(kept, e, 0.0))), mask=done)
+        if n_win <= NSMALL:  # the usual peaked row: a few candidates, sorted and drawn on a narrow tile
+            done = settle_window(win_z_ptr + row * NWIN, win_i_ptr + row * NWIN, n_win, big, k_on, mass_on, k,
+                                       p, mp, t, seed_ptr, step_ptr, row, floor, w_floor, out_ptr, lp_ptr, LOGPROBS,
+                                       NSMALL)
+        else:
+            done = settle_window(win_z_ptr + row * NWIN, win_i_ptr + row * NWIN, n_win, big, k_on, mass_on, k,
+                                       p, mp, t, seed_ptr, step_ptr, row, floor, w_floor, out_ptr, lp_ptr, LOGPROBS,
+                                       NWIN)
         tl.store(state_ptr + row, tl.where(done, 0, 1))
         init_bracket(bf_ptr, bi_ptr, row, tl.num_programs(0), done, tl.load(row_f_ptr + row * 3 + 2))
+
+
+@triton.jit
+def _sched(i: tl.constexpr, DMAX: tl.constexpr, NRSCHED: tl.constexpr):
+    # the i-th row window width of the schedule: 0, then DMAX * 2**(-j/4) for j = NRSCHED - 2 .. 0
+    return 0.0 if i == 0 else DMAX * 0.5 ** ((NRSCHED - 1 - i) / 4)
 
 
 _FILTER_PARTIAL = tuned(_filter_partial_kernel, FILTER_CONFIGS, key=["V"])
@@ -292,7 +299,7 @@ def sample_filtered(logits, temperature, seeds, offsets, top_k, top_p, min_p, ou
                                 temperature, seeds, offsets, *filt, out, lp, row_f, state, bf, bi, V, C, **flags,
                                 CAPC=capc, CPAD=next_pow2(C),
                                 NCAND=ncand, NWIN=nwin, DMAX=DMAX, NRSCHED=NRSCHED,
-                                num_warps=8)
+                                SBINS=next_pow2(NRSCHED + 1), NSMALL=min(NSMALL, nwin), num_warps=8)
     if force_general:
         reset_brackets(state, row_f, bf, bi)
     draw_pending(logits, temperature, seeds, offsets, filt, flags, row_f, state, bf, bi, win_z, out, lp)

@@ -4,7 +4,8 @@ sampling_filter nor the parallel rounds of sampling_bracket settle (e.g. ties wi
 
 The predicate: top-k / top-p hold at a value v when count(z >= v) >= k or mass(z >= v) >= p * sum(exp z);
 v* is the largest present value where it holds (the min if it never does: keep all); min-p raises the
-threshold to max z + log(min_p). Kept tokens: z >= thr.
+threshold to max z + log(min_p). Kept tokens: z >= thr. settle_window: v* from a gathered window and the
+draw among its kept tokens (sampling_filter's finishing kernel).
 
 _filter_general_kernel, grid (B,), one program per row left over (others return at once): rounds of NP probes
 spread over a bracket [lo, hi] of present values holding v* count tokens and mass at or above each probe
@@ -19,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from tritium.kernels.gumbel import NEG, scan_chunk
+from tritium.kernels.gumbel import NEG, noisy_scores, scan_chunk
 
 NPROBE = 8  # probes per bracketing round
 GENERAL_BLOCK = 512
@@ -63,6 +64,31 @@ def threshold(vstar, k, p, mp, big):
     thr = tl.where((k > 0) | (p < 1.0), vstar, float("-inf"))
     thr = tl.maximum(thr, tl.where(mp > 0, big + tl.log(tl.where(mp > 0, mp, 1.0)), float("-inf")))
     return tl.minimum(thr, big)
+
+
+@triton.jit
+def settle_window(wz_ptr, wi_ptr, n_win, big, k_on, mass_on, k, p, mp, t, seed_ptr, step_ptr, row, floor, w_floor,
+                   out_ptr, lp_ptr, LOGPROBS: tl.constexpr, W: tl.constexpr):
+    """v* from the n_win <= W window values (sorted), then, if the kept set lies above the floors, the draw
+    among the kept window tokens (their noise recomputed from the token ids). Returns whether it settled."""
+    vstar = walk_window(wz_ptr, n_win, 0, 0.0, big, k_on, mass_on, W)  # counts are exact for values >= floor
+    thr = threshold(vstar, k, p, mp, big)
+    w = tl.arange(0, W)
+    wv = w < n_win
+    wz = tl.load(wz_ptr + w, mask=wv, other=NEG)
+    wi = tl.load(wi_ptr + w, mask=wv, other=0)
+    # v* computed below the floor may be too low, but then the true one is below the floor too
+    done = (thr > floor) & (thr >= w_floor)
+    kept = wv & (wz >= thr)
+    noisy = noisy_scores(wz, tl.load(seed_ptr + row), tl.load(step_ptr + row), wi // 4, wi % 4)
+    score = tl.where(kept, tl.where(t > 0, noisy, wz), float("-inf"))
+    ftok = tl.min(tl.where(kept & (score == tl.max(score)), wi, 2147483647))
+    tl.store(out_ptr + row, ftok.to(tl.int64), mask=done)
+    if LOGPROBS:
+        fz = tl.max(tl.where(wi == ftok, wz, NEG))
+        e = tl.where(kept, tl.exp(wz - big), 0.0)
+        tl.store(lp_ptr + row, fz - big - tl.log(tl.sum(e)), mask=done)
+    return done
 
 
 @triton.jit
