@@ -254,8 +254,11 @@ def test_candidate_windows_and_general_path(monkeypatch):
     lp = torch.empty(B, device=DEV)  # (with logprobs the greedy row needs its kept set too)
     _, logp = sample_probs_ref(x, t, **kw)
     # 0: drawn from the candidate window, 1: after the bracket rounds, 2: by the sequential kernel (no rounds)
-    for rounds, paths in ((B_.ROUNDS, [0, 0, 1, 1, 1, 1]), (0, [0, 0, 1, 2, 2, 2])):
+    # 4 programs: one item of ten chunks per pending row; 16: five items of two chunks each
+    for rounds, programs, paths in ((B_.ROUNDS, 4, [0, 0, 1, 1, 1, 1]), (B_.ROUNDS, 16, [0, 0, 1, 1, 1, 1]),
+                                    (0, 4, [0, 0, 1, 2, 2, 2])):
         monkeypatch.setattr(B_, "ROUNDS", rounds)
+        monkeypatch.setattr(B_, "INTERPRET_PROGRAMS", programs)
         F.sample_filtered(x, t, seeds, offs, kw["top_k"], kw["top_p"], kw["min_p"], tok, lp, state=state)
         assert state.tolist() == paths
         assert torch.equal(tok, want)

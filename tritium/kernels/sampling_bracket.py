@@ -5,9 +5,10 @@ holds: count(z >= v) >= k_on or mass(z >= v) >= mass_on (both fall as v rises).
 
 A pending row keeps a bracket [lo, hi): the predicate holds at lo and fails at hi (hi = +inf at first, lo the
 row's smallest finite z), with n_hi tokens of mass m_hi at or above hi. Each round is one launch of a
-persistent grid (a few programs per SM) whose programs take the work items (pending row, CHUNK of it) in
-turn, so one pending row spreads over V / CHUNK programs and a launch with none pending costs one vector
-load of the row phases per program. An item loads its chunk (held in registers), the row state and the
+persistent grid (a few programs per SM) whose programs take the work items (pending row, G consecutive
+CHUNKs of it) in turn: one pending row spreads over V / CHUNK programs (G = 1), many pending rows give each
+program a few long items (G grows only when the items outnumber the grid), and a launch with none pending
+costs one vector load of the row phases per program. An item loads its chunk (held in registers), the row state and the
 previous round's counts all at once, then:
 1. merges the previous round: sums its per-chunk counts and masses at NP probes, spread evenly over
    [lo, min(hi, max z)] (the first at lo, the last at the top); the predicate holds at the first a probes,
@@ -43,7 +44,8 @@ ROUND_CHUNK = 2048  # tokens per work item of the rounds and the draw (74 items 
 PROBE_GROUP = 4  # probes compared at once: [PROBE_GROUP, ROUND_CHUNK] per step
 ROUND_WARPS = 4
 DRAW_BLOCK = 1024  # tokens per loop step of the draw
-PROGRAMS_PER_SM = 4  # the persistent grid (the interpreter runs a few programs: its cost is per program)
+PROGRAMS_PER_SM = 4  # the persistent grid
+INTERPRET_PROGRAMS = 4  # the interpreter's grid: its cost is per program
 PHASE_DONE = tl.constexpr(4)  # rows finished by the candidate window (written by the finishing kernel)
 
 
@@ -79,21 +81,30 @@ def _probes(lo, hi, big, j, NP: tl.constexpr):
 
 
 @triton.jit
+def _chunk(row_ptr, c, c1, V, CHUNK: tl.constexpr):
+    # chunk c of a row ([CHUNK] raw logits; nothing is read when c >= c1)
+    o = c * CHUNK + tl.arange(0, CHUNK)
+    return tl.load(row_ptr + o, mask=(o < V) & (c < c1), other=0.0)
+
+
+@triton.jit
 def _round_item(logits_ptr, stride_row, temp_ptr, topk_ptr, topp_ptr, minp_ptr, row_f_ptr, bf_in_ptr, bi_in_ptr,
-                bf_out_ptr, bi_out_ptr, cnt_in_ptr, mass_in_ptr, cnt_out_ptr, mass_out_ptr, win_ptr, row, c, V, C,
+                bf_out_ptr, bi_out_ptr, cnt_in_ptr, mass_in_ptr, cnt_out_ptr, mass_out_ptr, win_ptr, row, c0, c1, V, C,
                 HAS_K: tl.constexpr, HAS_P: tl.constexpr, HAS_MINP: tl.constexpr, LAST: tl.constexpr,
                 CHUNK: tl.constexpr, NP: tl.constexpr, PG: tl.constexpr, CPAD: tl.constexpr, NWIN: tl.constexpr):
-    """One round's work on chunk c of a pending row (steps 1-3 of the module docstring); chunk 0 writes the
-    row's new state. Every load is issued up front, so an item waits on memory about once: the chunk, the
-    row's state and the previous round's counts (read even when unused: they are in bounds)."""
-    o = c * CHUNK + tl.arange(0, CHUNK)
-    x = tl.load(logits_ptr + row * stride_row + o, mask=o < V, other=0.0)  # [CHUNK]
+    """One round's work on chunks [c0, c1) of a pending row (steps 1-3 of the module docstring); the item with
+    chunk 0 writes the row's new state. The first chunk, the row's state and the previous round's counts
+    (read even when unused: they are in bounds) are loaded together, so an item waits on memory about once;
+    each further chunk is fetched while the one before it is worked on."""
+    row_ptr = logits_ptr + row * stride_row
+    x = _chunk(row_ptr, c0, c1, V, CHUNK)
     cc = tl.arange(0, CPAD)[:, None]
     j = tl.arange(0, NP)
     part = (row * C + cc) * NP + j[None, :]
     cnt = tl.load(cnt_in_ptr + part, mask=cc < C, other=0)  # [CPAD, NP]
     pmass = tl.load(mass_in_ptr + part, mask=cc < C, other=0.0)
     t, k, p, mp = row_params(temp_ptr, topk_ptr, topp_ptr, minp_ptr, row, HAS_K, HAS_P, HAS_MINP)
+    inv_t = 1.0 / tl.where(t > 0, t, 1.0)
     big = tl.load(row_f_ptr + row * 3)
     k_on, mass_on = predicate_bounds(k, p, V, tl.load(row_f_ptr + row * 3 + 1))
     lo = tl.load(bf_in_ptr + row * 4)
@@ -102,7 +113,8 @@ def _round_item(logits_ptr, stride_row, temp_ptr, topk_ptr, topp_ptr, minp_ptr, 
     ph = tl.load(bi_in_ptr + row * 4)
     n_hi = tl.load(bi_in_ptr + row * 4 + 1)
     n_win = tl.load(bi_in_ptr + row * 4 + 2)
-    z = tl.where(o < V, x.to(tl.float32) * (1.0 / tl.where(t > 0, t, 1.0)), float("-inf"))
+    gather = tl.full([], 0, tl.int32)
+    per = tl.zeros([CPAD], tl.int32)  # each chunk's tokens in the new bracket
     if ph == 1:
         q = _probes(lo, hi, big, j, NP)
         tc = tl.sum(cnt, 0)
@@ -117,34 +129,55 @@ def _round_item(logits_ptr, stride_row, temp_ptr, topk_ptr, topp_ptr, minp_ptr, 
         # a == NP: the predicate holds at the max itself, so v* = lo = max z (no window needed)
         n_win = tl.where(inner, tl.sum(tl.where(j == a - 1, tc, 0)) - n_hi, 0)
         if n_win <= NWIN:
-            if inner:  # gather: this chunk's tokens in [lo, hi), after those of earlier chunks
-                per = tl.sum(tl.where(j[None, :] == a - 1, cnt, 0), 1) - tl.sum(tl.where(j[None, :] == a, cnt, 0), 1)
+            per = tl.sum(tl.where(j[None, :] == a - 1, cnt, 0), 1) - tl.sum(tl.where(j[None, :] == a, cnt, 0), 1)
+            gather = inner.to(tl.int32)
+            ph = 2
+    if (ph < 2) & (k <= 0) & (p >= 1.0):  # min-p alone needs no v*
+        ph = 2
+    count = tl.full([], 0, tl.int32)
+    if ph < 2:
+        if LAST:
+            ph = 3
+        else:
+            count = 1
+            ph = 1
+    if (gather + count) > 0:
+        for c in range(c0, c1):
+            x_next = _chunk(row_ptr, c + 1, c1, V, CHUNK)
+            o = c * CHUNK + tl.arange(0, CHUNK)
+            z = tl.where(o < V, x.to(tl.float32) * inv_t, float("-inf"))
+            if gather > 0:  # this chunk's tokens in [lo, hi), after those of earlier chunks
                 base = tl.sum(tl.where(tl.arange(0, CPAD) < c, per, 0))
                 sel = (z >= lo) & (z < hi)
                 pos = base + tl.cumsum(sel.to(tl.int32), 0) - 1
                 tl.store(win_ptr + row * NWIN + pos, z, mask=sel & (pos < NWIN))
-            ph = 2
-    if (ph < 2) & (k <= 0) & (p >= 1.0):  # min-p alone needs no v*
-        ph = 2
-    if ph < 2:
-        if LAST:
-            ph = 3
-        else:  # count tokens and mass at or above each new probe in this chunk, PG probes at a time
-            e = tl.exp(z - big)[None, :]
-            for g in tl.static_range(NP // PG):
-                jg = g * PG + tl.arange(0, PG)
-                ge = z[None, :] >= _probes(lo, hi, big, jg, NP)[:, None]  # [PG, CHUNK]
-                out = (row * C + c) * NP + jg
-                tl.store(cnt_out_ptr + out, tl.sum(ge.to(tl.int32), 1))
-                tl.store(mass_out_ptr + out, tl.sum(tl.where(ge, e, 0.0), 1))
-            ph = 1
-    if c == 0:
+            if count > 0:  # tokens and mass at or above each new probe in this chunk, PG probes at a time
+                e = tl.exp(z - big)[None, :]
+                for g in tl.static_range(NP // PG):
+                    jg = g * PG + tl.arange(0, PG)
+                    ge = z[None, :] >= _probes(lo, hi, big, jg, NP)[:, None]  # [PG, CHUNK]
+                    out = (row * C + c) * NP + jg
+                    tl.store(cnt_out_ptr + out, tl.sum(ge.to(tl.int32), 1))
+                    tl.store(mass_out_ptr + out, tl.sum(tl.where(ge, e, 0.0), 1))
+            x = x_next
+    if c0 == 0:
         tl.store(bf_out_ptr + row * 4, lo)
         tl.store(bf_out_ptr + row * 4 + 1, hi)
         tl.store(bf_out_ptr + row * 4 + 2, m_hi)
         tl.store(bi_out_ptr + row * 4, ph)
         tl.store(bi_out_ptr + row * 4 + 1, n_hi)
         tl.store(bi_out_ptr + row * 4 + 2, n_win)
+
+
+@triton.jit
+def _items(n, C):
+    """Work items for n rows of C chunks on this grid: G consecutive chunks per item, G the fewest that keep
+    the items no more than the programs (one item each; with n above the grid, one row each in turn).
+    Returns (items per row, G). The chunking itself never changes, only which program takes which chunk, so
+    no sum depends on the batch."""
+    per_row = tl.minimum(tl.maximum(tl.num_programs(0) // tl.maximum(n, 1), 1), C)
+    g = (C + per_row - 1) // per_row
+    return (C + g - 1) // g, g
 
 
 @triton.jit
@@ -170,11 +203,13 @@ def _bracket_round_kernel(
         keep = (~sel & (rows < B))[:, None]
         tl.store(bf_out_ptr + e, tl.load(bf_in_ptr + e, mask=keep), mask=keep)
         tl.store(bi_out_ptr + e, tl.load(bi_in_ptr + e, mask=keep), mask=keep)
-    for item in range(tl.program_id(0), n * C, tl.num_programs(0)):
-        row = tl.sum(tl.where(sel & (rank == item // C), rows, 0)).to(tl.int64)
+    per_row, g = _items(n, C)
+    for item in range(tl.program_id(0), n * per_row, tl.num_programs(0)):
+        row = tl.sum(tl.where(sel & (rank == item // per_row), rows, 0)).to(tl.int64)
+        c0 = item % per_row * g
         _round_item(logits_ptr, stride_row, temp_ptr, topk_ptr, topp_ptr, minp_ptr, row_f_ptr, bf_in_ptr, bi_in_ptr,
                     bf_out_ptr, bi_out_ptr, cnt_in_ptr, mass_in_ptr, cnt_out_ptr, mass_out_ptr, win_ptr, row,
-                    item % C, V, C, HAS_K, HAS_P, HAS_MINP, LAST, CHUNK, NP, PG, CPAD, NWIN)
+                    c0, tl.minimum(c0 + g, C), V, C, HAS_K, HAS_P, HAS_MINP, LAST, CHUNK, NP, PG, CPAD, NWIN)
 
 
 @triton.jit
@@ -193,9 +228,10 @@ def _bracket_draw_kernel(
     CHUNK: tl.constexpr, BLOCK: tl.constexpr, NWIN: tl.constexpr, BPAD: tl.constexpr,
 ):
     rows, sel, rank, n = _rows_in_phase(bi_ptr, B, 2, 2, BPAD)
-    for item in range(tl.program_id(0), n * C, tl.num_programs(0)):
-        row = tl.sum(tl.where(sel & (rank == item // C), rows, 0)).to(tl.int64)
-        c = item % C
+    per_row, g = _items(n, C)
+    for item in range(tl.program_id(0), n * per_row, tl.num_programs(0)):
+        row = tl.sum(tl.where(sel & (rank == item // per_row), rows, 0)).to(tl.int64)
+        c0 = item % per_row * g
         t, k, p, mp = row_params(temp_ptr, topk_ptr, topp_ptr, minp_ptr, row, HAS_K, HAS_P, HAS_MINP)
         big = tl.load(row_f_ptr + row * 3)
         k_on, mass_on = predicate_bounds(k, p, V, tl.load(row_f_ptr + row * 3 + 1))
@@ -204,16 +240,17 @@ def _bracket_draw_kernel(
                             tl.load(bf_ptr + row * 4 + 2), big, k_on, mass_on, NWIN)
         thr = threshold(tl.maximum(vstar, lo), k, p, mp, big)
         sampled = t > 0
-        end = tl.minimum(c * CHUNK + CHUNK, V)
-        win, tok, m, s = scan_chunk(logits_ptr + row * stride_row, c * CHUNK, end, 1.0 / tl.where(sampled, t, 1.0),
-                                    sampled, tl.load(seed_ptr + row), tl.load(step_ptr + row), thr, LOGPROBS, True,
-                                    BLOCK)
-        slot = row * C + c
-        tl.store(part_f_ptr + slot * 3, win)
-        tl.store(part_i_ptr + slot, tok)
-        if LOGPROBS:
-            tl.store(part_f_ptr + slot * 3 + 1, m)
-            tl.store(part_f_ptr + slot * 3 + 2, s)
+        for c in range(c0, tl.minimum(c0 + g, C)):
+            end = tl.minimum(c * CHUNK + CHUNK, V)
+            win, tok, m, s = scan_chunk(logits_ptr + row * stride_row, c * CHUNK, end, 1.0 / tl.where(sampled, t, 1.0),
+                                        sampled, tl.load(seed_ptr + row), tl.load(step_ptr + row), thr, LOGPROBS, True,
+                                        BLOCK)
+            slot = row * C + c
+            tl.store(part_f_ptr + slot * 3, win)
+            tl.store(part_i_ptr + slot, tok)
+            if LOGPROBS:
+                tl.store(part_f_ptr + slot * 3 + 1, m)
+                tl.store(part_f_ptr + slot * 3 + 2, s)
 
 
 def reset_brackets(state, row_f, bf, bi) -> None:
@@ -227,8 +264,9 @@ def reset_brackets(state, row_f, bf, bi) -> None:
 
 def _programs(device, items: int) -> int:
     """The persistent grid: a few programs per SM (a few in all under the interpreter), never more than items."""
-    per = 4 if INTERPRET else PROGRAMS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count
-    return max(1, min(items, per))
+    if INTERPRET:
+        return max(1, min(items, INTERPRET_PROGRAMS))
+    return max(1, min(items, PROGRAMS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count))
 
 
 def draw_pending(logits, temperature, seeds, offsets, filt, flags, row_f, state, bf, bi, win, out, lp):
