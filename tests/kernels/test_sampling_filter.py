@@ -1,0 +1,185 @@
+"""Tests of top-k / top-p / min-p sampling (tritium.kernels.sampling_filter, sampling_bracket,
+sampling_threshold).
+
+A filtered draw is checked against the plain draw of the same row with the reference's rejected tokens set to
+-inf, which must pick the same token since the noise of a token depends only on (seed, step, token); every
+path (candidate window, bracket rounds, sequential kernel) must give the reference's kept set; supports and
+distributions are checked statistically.
+"""
+import pytest
+import torch
+from hypothesis import assume, given, strategies as st
+
+import tritium
+from tritium.kernels import sampling as S
+from tritium.kernels import sampling_bracket as B_
+from tritium.kernels import sampling_filter as F
+from tritium.kernels.sampling import sample, sample_probs_ref
+from tritium.kernels.sampling_threshold import keep_mask_ref
+from sampling_cases import CHI2_CRIT, DEV, GPU, chi_square, filters, masked_plain, params, peaked_bf16, scaled
+
+
+@pytest.mark.parametrize("cfg", F.FILTER_CONFIGS, ids=tritium.autotune.config_id)
+def test_every_filter_config_draws_the_same(cfg):
+    B, V = 4, 3000  # two blocks per lane, the second ragged
+    x = (torch.randn(B, V) * 3).to(DEV)
+    t, seeds, offs = params(B, temp=[0.8, 0.0, 1.0, 0.6])
+    kw = filters(B, k=[0, 4, 20, 0], p=[0.9, 1.0, 0.8, 1.0], mp=[0.0, 0.0, 0.05, 0.2])
+    tok = sample(x, t, seeds, offs, config=cfg, **kw)
+    assert torch.equal(tok, sample(x, t, seeds, offs, config=F.FILTER_CONFIGS[0], **kw))
+    keep = keep_mask_ref(scaled(x, t), **kw)
+    assert torch.equal(tok, masked_plain(x, t, seeds, offs, keep))
+
+
+def test_filtered_distributions_and_supports():
+    n, V = 100, 10
+    x = (torch.randn(1, V, generator=torch.Generator().manual_seed(3)) * 1.5).to(DEV)
+    groups = [dict(k=3), dict(p=0.6), dict(mp=0.2), dict(k=5, p=0.8, mp=0.1)]
+    N = n * len(groups)
+    k = torch.zeros(N, dtype=torch.int32)
+    p = torch.ones(N)
+    mp = torch.zeros(N)
+    for g, spec in enumerate(groups):
+        k[g * n:(g + 1) * n] = spec.get("k", 0)
+        p[g * n:(g + 1) * n] = spec.get("p", 1.0)
+        mp[g * n:(g + 1) * n] = spec.get("mp", 0.0)
+    t, seeds, offs = params(N, temp=1.0)
+    kw = dict(top_k=k.to(DEV), top_p=p.to(DEV), min_p=mp.to(DEV))
+    tok = sample(x.expand(N, V), t, seeds, offs, **kw).cpu()
+    probs, _ = sample_probs_ref(x.expand(N, V), t, **kw)
+    for g in range(len(groups)):
+        pg = probs[g * n].cpu()
+        counts = torch.bincount(tok[g * n:(g + 1) * n], minlength=V)
+        assert (counts[pg == 0] == 0).all(), f"group {g} drew outside its kept set"
+        if (pg > 0).sum() > 1:
+            chi2, df = chi_square(counts, pg)
+            assert chi2 < CHI2_CRIT[df - 1], f"group {g}: chi2 {chi2:.1f} (df {df})"
+
+
+@st.composite
+def _filtered_case(draw):
+    B, V = 6, draw(st.sampled_from([12, 40, 100]))
+    quant = draw(st.booleans())  # coarse logits: many ties
+    x = torch.randn(B, V, generator=torch.Generator().manual_seed(draw(st.integers(0, 2**31))))
+    x = (x * draw(st.sampled_from([0.5, 2.0, 5.0])))
+    x = torch.round(x * 2) / 2 if quant else x
+    t = [draw(st.sampled_from([0.0, 0.5, 1.0, 1.7])) for _ in range(B)]
+    k = [draw(st.sampled_from([0, 0, 1, 2, 5, V - 1, V + 3])) for _ in range(B)]
+    p = [draw(st.sampled_from([1.0, 1.0, 0.05, 0.3, 0.7, 0.95])) for _ in range(B)]
+    mp = [draw(st.sampled_from([0.0, 0.0, 0.02, 0.3])) for _ in range(B)]
+    return x, t, k, p, mp
+
+
+def _knife_edge(z, kw, margin=1e-5):
+    """[B] bool: rows whose top-p or min-p boundary lies within margin, where fp32 rounding order (the
+    reference's against the kernel's) may flip a boundary token. For top-p only the crossing matters: the mass
+    just before and just after the token where the cumulative sum reaches p (a long flat tail elsewhere is no
+    risk); for min-p, any token whose probability ratio to the best sits at the threshold."""
+    probs = torch.softmax(z, -1)
+    cum = probs.sort(-1, descending=True).values.cumsum(-1)
+    edge = torch.zeros(z.shape[0], dtype=torch.bool, device=z.device)
+    if kw.get("top_p") is not None:
+        p = kw["top_p"][:, None]
+        cross = (cum < p).sum(-1, keepdim=True).clamp(max=cum.shape[-1] - 1)
+        after = cum.gather(-1, cross)
+        before = torch.where(cross > 0, cum.gather(-1, (cross - 1).clamp(min=0)), torch.zeros_like(after))
+        near = ((after - p).abs() <= margin) | ((p - before).abs() <= margin)
+        edge |= ((p < 1) & near)[:, 0]
+    if kw.get("min_p") is not None:
+        mp = kw["min_p"][:, None]
+        edge |= ((mp > 0) & ((probs / probs.amax(-1, keepdim=True) - mp).abs() <= margin)).any(-1)
+    return edge
+
+
+@given(_filtered_case())
+def test_filtered_equals_plain_on_reference_kept_set(case):
+    x, t, k, p, mp = case
+    B, V = x.shape
+    x = x.to(DEV)
+    t, seeds, offs = params(B, temp=t, seed=list(range(7, 7 + B)))
+    kw = filters(B, k=k, p=p, mp=mp)
+    z = scaled(x, t)
+    assume(not _knife_edge(z, kw).any())
+    keep = keep_mask_ref(z, **kw)
+    lp, lp_ref = torch.empty(B, device=DEV), torch.empty(B, device=DEV)
+    state = torch.empty(B, dtype=torch.int32, device=DEV)
+    tok = torch.empty(B, dtype=torch.int64, device=DEV)
+    F.sample_filtered(x, t, seeds, offs, kw["top_k"], kw["top_p"], kw["min_p"], tok, lp, state=state)
+    want = masked_plain(x, t, seeds, offs, keep, logprobs_out=lp_ref)
+    assert torch.equal(tok, want)
+    greedy = t == 0
+    torch.testing.assert_close(lp[~greedy], lp_ref[~greedy], atol=1e-5, rtol=1e-5)
+    _, logp = sample_probs_ref(x, t, **kw)
+    torch.testing.assert_close(lp, logp.gather(1, tok[:, None])[:, 0], atol=1e-5, rtol=1e-5)
+    # the general kernel alone finds the same kept sets
+    tok_g = torch.empty_like(tok)
+    F.sample_filtered(x, t, seeds, offs, kw["top_k"], kw["top_p"], kw["min_p"], tok_g, None, force_general=True)
+    assert torch.equal(tok_g, tok)
+
+
+def test_candidate_windows_and_general_path(monkeypatch):
+    # small lanes, chunks and windows so that multi-token lanes, ten chunks, the row window, ties at the
+    # top and the general kernel all occur at V = 600
+    monkeypatch.setattr(F, "FILTER_BLOCK", 16)
+    monkeypatch.setattr(F, "FILTER_CHUNK", 64)
+    monkeypatch.setattr(F, "NWIN", 32)
+    monkeypatch.setattr(B_, "ROUND_CHUNK", 64)  # ten work items per pending row
+    B, V = 6, 600
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(B, V, generator=g) * 0.3  # flat rows: large nuclei, left to the general kernel
+    x[:3] = torch.randn(3, V, generator=g) * 3  # peaked rows: finished from the candidates
+    x[2, :200] = 12.0  # 200 ties at the top: no lane maximum stands above the others
+    x = x.to(DEV)
+    t, seeds, offs = params(B, temp=[1.0, 0.7, 1.0, 1.0, 0.0, 1.2])
+    kw = filters(B, k=[10, 0, 0, 0, 0, 7], p=[0.8, 0.9, 1.0, 0.9, 0.5, 1.0], mp=[0.0, 0.0, 0.5, 0.0, 0.0, 0.0])
+    keep = keep_mask_ref(scaled(x, t), **kw)
+    want = masked_plain(x, t, seeds, offs, keep)
+    state = torch.empty(B, dtype=torch.int32, device=DEV)
+    tok = torch.empty(B, dtype=torch.int64, device=DEV)
+    lp = torch.empty(B, device=DEV)  # (with logprobs the greedy row needs its kept set too)
+    _, logp = sample_probs_ref(x, t, **kw)
+    # 0: drawn from the candidate window, 1: after the bracket rounds, 2: by the sequential kernel (no rounds)
+    # 4 programs: one item of ten chunks per pending row; 16: five items of two chunks each
+    for rounds, programs, paths in ((B_.ROUNDS, 4, [0, 0, 1, 1, 1, 1]), (B_.ROUNDS, 16, [0, 0, 1, 1, 1, 1]),
+                                    (0, 4, [0, 0, 1, 2, 2, 2])):
+        monkeypatch.setattr(B_, "ROUNDS", rounds)
+        monkeypatch.setattr(B_, "INTERPRET_PROGRAMS", programs)
+        F.sample_filtered(x, t, seeds, offs, kw["top_k"], kw["top_p"], kw["min_p"], tok, lp, state=state)
+        assert state.tolist() == paths
+        assert torch.equal(tok, want)
+        torch.testing.assert_close(lp, logp.gather(1, tok[:, None])[:, 0], atol=1e-5, rtol=1e-5)
+    monkeypatch.setattr(F, "CAPC", 2)  # more lane maxima than slots: those chunks give no candidates
+    F.sample_filtered(x, t, seeds, offs, kw["top_k"], kw["top_p"], kw["min_p"], tok, None, state=state)
+    assert torch.equal(tok, want)
+
+
+@pytest.mark.gpu
+def test_gpu_bf16_greedy_layout_and_configs():
+    B = 64
+    x = peaked_bf16(B)
+    t, seeds, offs = params(B, temp=[0.0, 0.7, 1.0, 1.3] * (B // 4), seed=list(range(B)), device=GPU)
+    want = x.float().argmax(-1)  # bf16 logits tie often: lowest id
+    kw = filters(B, k=[0, 20, 0, 50] * (B // 4), p=[0.95, 1.0, 0.8, 0.9] * (B // 4),
+                  mp=[0.0, 0.0, 0.05, 0.0] * (B // 4), device=GPU)
+    perm = torch.randperm(B, device=GPU)
+    for fkw in ({}, kw):
+        tok = sample(x, t, seeds, offs, **fkw)
+        assert torch.equal(tok[::4], want[::4])
+        pkw = {k: v[perm] for k, v in fkw.items()}
+        assert torch.equal(sample(x[perm], t[perm], seeds[perm], offs[perm], **pkw), tok[perm])
+        cfgs = S.CONFIGS if not fkw else F.FILTER_CONFIGS
+        for cfg in cfgs:
+            assert torch.equal(sample(x, t, seeds, offs, config=cfg, **fkw), tok)
+    keep = keep_mask_ref(scaled(x, t), **kw)
+    clear = ~_knife_edge(scaled(x, t), kw)
+    # Rows whose nucleus ends in the flat tail (crossing token below the margin) are skipped; at least a
+    # quarter of the rows (16) must still be compared token for token.
+    assert clear.float().mean() >= 0.25
+    assert torch.equal(sample(x, t, seeds, offs, **kw)[clear], masked_plain(x, t, seeds, offs, keep)[clear])
+    state = torch.empty(B, dtype=torch.int32, device=GPU)
+    tok = torch.empty(B, dtype=torch.int64, device=GPU)
+    F.sample_filtered(x, t, seeds, offs, kw["top_k"], kw["top_p"], kw["min_p"], tok, None, state=state)
+    tok_g = torch.empty_like(tok)
+    F.sample_filtered(x, t, seeds, offs, kw["top_k"], kw["top_p"], kw["min_p"], tok_g, None, force_general=True)
+    assert torch.equal(tok_g, tok)
+    assert (state == 0).float().mean() > 0.9, "peaked rows should finish from the candidates"
