@@ -25,6 +25,7 @@ from typing import Sequence
 
 import torch
 import triton
+import triton.language as tl
 
 from tritium.platform import INTERPRET
 
@@ -43,6 +44,19 @@ def needs_int64(*views) -> bool:
         if bound >= 2**31:
             return True
     return False
+
+
+@triton.jit
+def tile_mask(rows, cols, n_rows, n_cols, EVEN_ROWS: tl.constexpr, EVEN_N: tl.constexpr):
+    """[rows, cols] bounds mask of a 2-D tile that is not full (EVEN_ROWS / EVEN_N heuristics: at least one
+    false): only the bounds that can fail are tested. Full tiles load and store with no mask at all."""
+    if EVEN_N:
+        mask = (rows < n_rows)[:, None]
+    elif EVEN_ROWS:
+        mask = (cols < n_cols)[None, :]
+    else:
+        mask = (rows < n_rows)[:, None] & (cols < n_cols)[None, :]
+    return mask
 
 
 def graph_bench(kernel_call, quantiles):

@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from tritium.autotune import needs_int64, next_pow2, tuned
+from tritium.autotune import needs_int64, next_pow2, tile_mask, tuned
 from tritium.platform import INTERPRET
 
 CONFIGS = [
@@ -56,12 +56,8 @@ def _silu_and_mul_kernel(
     # Full tiles load and store with no mask at all, as Inductor's size-specialised kernels do; a partial
     # tile tests only the bound that can fail.
     FULL: tl.constexpr = EVEN_N and EVEN_ROWS
-    if EVEN_N:
-        mask = (rows < n_rows)[:, None]
-    elif EVEN_ROWS:
-        mask = (cols < n_cols)[None, :]
-    else:
-        mask = (rows < n_rows)[:, None] & (cols < n_cols)[None, :]
+    if not FULL:
+        mask = tile_mask(rows, cols, n_rows, n_cols, EVEN_ROWS, EVEN_N)
     if OFFS_64:  # only when T x 2F can pass 2^31 elements
         rows = rows.to(tl.int64)
     xp = x_ptr + (rows * stride_xt)[:, None] + cols[None, :]

@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from tritium.autotune import needs_int64, next_pow2, tuned
+from tritium.autotune import needs_int64, next_pow2, tile_mask, tuned
 from tritium.platform import INTERPRET
 
 # Rows of hidden-size width (H = 1000..8192): one to a few rows per program, warps scaled with width.
@@ -60,19 +60,6 @@ HEAD_INTERPRET_CONFIG = triton.Config({"ROWS": 512}, num_warps=8)
 KEY = ["n_cols", "rows_bucket", "HAS_RESIDUAL"]
 MAX_COLS = 65536
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-
-
-@triton.jit
-def _tile_mask(rows, cols, n_rows, n_cols, EVEN_ROWS: tl.constexpr, EVEN_N: tl.constexpr):
-    """[ROWS, BLOCK_N] bounds mask of a tile that is not full (at least one flag false): only the bounds
-    that can fail are tested."""
-    if EVEN_N:
-        mask = (rows < n_rows)[:, None]
-    elif EVEN_ROWS:
-        mask = (cols < n_cols)[None, :]
-    else:
-        mask = (rows < n_rows)[:, None] & (cols < n_cols)[None, :]
-    return mask
 
 
 @triton.jit
@@ -108,7 +95,7 @@ def _rms_norm_kernel(
     else:
         w = tl.load(w_ptr + cols, mask=cols < n_cols, other=0.0).to(tl.float32)
     if not FULL:
-        mask = _tile_mask(rows, cols, n_rows, n_cols, EVEN_ROWS, EVEN_N)
+        mask = tile_mask(rows, cols, n_rows, n_cols, EVEN_ROWS, EVEN_N)
     if OFFS_64:  # only when T x row stride can pass 2^31 (long prefills over wide rows)
         rows = rows.to(tl.int64)
     if NH == 1:
