@@ -8,8 +8,8 @@ row's smallest finite z), with n_hi tokens of mass m_hi at or above hi. Each rou
 persistent grid (a few programs per SM) whose programs take the work items (pending row, G consecutive
 CHUNKs of it) in turn: one pending row spreads over V / CHUNK programs (G = 1), many pending rows give each
 program a few long items (G grows only when the items outnumber the grid), and a launch with none pending
-costs one vector load of the row phases per program. An item loads its chunk (held in registers), the row state and the
-previous round's counts all at once, then:
+costs one vector load of the row phases per program. An item loads its chunk (held in registers), the row
+state and the previous round's counts all at once, then:
 1. merges the previous round: sums its per-chunk counts and masses at NP probes, spread evenly over
    [lo, min(hi, max z)] (the first at lo, the last at the top); the predicate holds at the first a probes,
    so the bracket becomes [probe a-1, probe a) (a = NP: [the top, hi)), about NP - 1 times narrower.
@@ -19,9 +19,9 @@ previous round's counts all at once, then:
 The last launch only merges and gathers; a row still too wide (huge ties, or more rounds needed) is left
 to the exact sequential kernel of sampling_threshold.py. Phases per row: 0 bracket set, 1 partials
 written, 2 window gathered, 3 left to the sequential kernel, 4 finished earlier (not pending).
-Then _bracket_draw_kernel, the same persistent grid over (row in phase 2, CHUNK): sorts the window
-(walk_window) for v*, applies min-p, and scans its chunk for the Gumbel-max winner among z >= thr (the plain
-path's scan); sampling's merge kernel picks the row's winner.
+Then _bracket_draw_kernel, the same grid over the rows in phase 2: sorts the window (walk_window) for v*,
+applies min-p, and scans its chunks for the Gumbel-max winner among z >= thr (the plain path's scan);
+sampling's merge kernel picks the row's winner.
 State buffers are double: round r reads one and writes the other, as other programs of the same launch
 may still be reading the state of the previous round (program 0 carries the other rows' state over).
 """
@@ -65,7 +65,7 @@ def init_bracket(bf_ptr, bi_ptr, row, B, done, lo):
 @triton.jit
 def _rows_in_phase(bi_ptr, B, PH_MIN: tl.constexpr, PH_MAX: tl.constexpr, BPAD: tl.constexpr):
     """The rows whose phase (bi [B, 4], entry 0) lies in [PH_MIN, PH_MAX]: (row ids, selected, rank among
-    the selected, their number); work item i belongs to the selected row of rank i // C."""
+    the selected, their number), from which _items and _item_chunks lay out the work items."""
     b = tl.arange(0, BPAD)
     ph = tl.load(bi_ptr + b * 4, mask=b < B, other=PHASE_DONE)
     sel = (ph >= PH_MIN) & (ph <= PH_MAX)
@@ -181,6 +181,14 @@ def _items(n, C):
 
 
 @triton.jit
+def _item_chunks(rows, sel, rank, item, per_row, g, C):
+    """Work item `item`'s row (the selected row of rank item // per_row) and its chunks [c0, c1)."""
+    row = tl.sum(tl.where(sel & (rank == item // per_row), rows, 0)).to(tl.int64)
+    c0 = item % per_row * g
+    return row, c0, tl.minimum(c0 + g, C)
+
+
+@triton.jit
 def _bracket_round_kernel(
     logits_ptr,  # [B, V] fp32/bf16/fp16
     stride_row,
@@ -205,11 +213,10 @@ def _bracket_round_kernel(
         tl.store(bi_out_ptr + e, tl.load(bi_in_ptr + e, mask=keep), mask=keep)
     per_row, g = _items(n, C)
     for item in range(tl.program_id(0), n * per_row, tl.num_programs(0)):
-        row = tl.sum(tl.where(sel & (rank == item // per_row), rows, 0)).to(tl.int64)
-        c0 = item % per_row * g
+        row, c0, c1 = _item_chunks(rows, sel, rank, item, per_row, g, C)
         _round_item(logits_ptr, stride_row, temp_ptr, topk_ptr, topp_ptr, minp_ptr, row_f_ptr, bf_in_ptr, bi_in_ptr,
                     bf_out_ptr, bi_out_ptr, cnt_in_ptr, mass_in_ptr, cnt_out_ptr, mass_out_ptr, win_ptr, row,
-                    c0, tl.minimum(c0 + g, C), V, C, HAS_K, HAS_P, HAS_MINP, LAST, CHUNK, NP, PG, CPAD, NWIN)
+                    c0, c1, V, C, HAS_K, HAS_P, HAS_MINP, LAST, CHUNK, NP, PG, CPAD, NWIN)
 
 
 @triton.jit
@@ -230,8 +237,7 @@ def _bracket_draw_kernel(
     rows, sel, rank, n = _rows_in_phase(bi_ptr, B, 2, 2, BPAD)
     per_row, g = _items(n, C)
     for item in range(tl.program_id(0), n * per_row, tl.num_programs(0)):
-        row = tl.sum(tl.where(sel & (rank == item // per_row), rows, 0)).to(tl.int64)
-        c0 = item % per_row * g
+        row, c0, c1 = _item_chunks(rows, sel, rank, item, per_row, g, C)
         t, k, p, mp = row_params(temp_ptr, topk_ptr, topp_ptr, minp_ptr, row, HAS_K, HAS_P, HAS_MINP)
         big = tl.load(row_f_ptr + row * 3)
         k_on, mass_on = predicate_bounds(k, p, V, tl.load(row_f_ptr + row * 3 + 1))
@@ -240,11 +246,13 @@ def _bracket_draw_kernel(
                             tl.load(bf_ptr + row * 4 + 2), big, k_on, mass_on, NWIN)
         thr = threshold(tl.maximum(vstar, lo), k, p, mp, big)
         sampled = t > 0
-        for c in range(c0, tl.minimum(c0 + g, C)):
+        inv_t = 1.0 / tl.where(sampled, t, 1.0)
+        seed = tl.load(seed_ptr + row)
+        step = tl.load(step_ptr + row)
+        for c in range(c0, c1):
             end = tl.minimum(c * CHUNK + CHUNK, V)
-            win, tok, m, s = scan_chunk(logits_ptr + row * stride_row, c * CHUNK, end, 1.0 / tl.where(sampled, t, 1.0),
-                                        sampled, tl.load(seed_ptr + row), tl.load(step_ptr + row), thr, LOGPROBS, True,
-                                        BLOCK)
+            win, tok, m, s = scan_chunk(logits_ptr + row * stride_row, c * CHUNK, end, inv_t, sampled, seed, step, thr,
+                                        LOGPROBS, True, BLOCK)
             slot = row * C + c
             tl.store(part_f_ptr + slot * 3, win)
             tl.store(part_i_ptr + slot, tok)
