@@ -67,16 +67,14 @@ def noisy_scores(z, seed, step, group, lane):
 
 
 @triton.jit
-def scan_block(row_ptr, off, tile, end, inv_t, sampled, seed, step, thr, best_s, best_o, m, s,
+def scan_block(x, off, tile, end, inv_t, sampled, seed, step, thr, best_s, best_o, m, s,
                MASKED: tl.constexpr, STATS: tl.constexpr, THRESH: tl.constexpr, G: tl.constexpr):
-    """One [G, 4] block of tokens off + tile below end (tile: [G, 4] offsets): update the per-lane winner
-    (strict > keeps the lowest token) and, if STATS, the online (max, sum exp) of z. THRESH: only tokens
-    with z >= thr take part."""
+    """One [G, 4] block x of logits, tokens off + tile below end (tile: [G, 4] offsets): update the per-lane
+    winner (strict > keeps the lowest token) and, if STATS, the online (max, sum exp) of z. THRESH: only
+    tokens with z >= thr take part."""
+    z = x.to(tl.float32) * inv_t
     if MASKED:
-        mask = tile < end - off
-        z = tl.where(mask, tl.load(row_ptr + off + tile, mask=mask, other=0.0).to(tl.float32) * inv_t, NEG)
-    else:
-        z = tl.load(row_ptr + off + tile).to(tl.float32) * inv_t
+        z = tl.where(tile < end - off, z, NEG)
     if THRESH:
         z = tl.where(z >= thr, z, NEG)
     if sampled:
@@ -96,11 +94,19 @@ def scan_block(row_ptr, off, tile, end, inv_t, sampled, seed, step, thr, best_s,
 
 
 @triton.jit
+def first_block(row_ptr, start, end, BLOCK: tl.constexpr):
+    """The first full BLOCK of tokens [start, end) of a row ([BLOCK // 4, 4]; nothing is read when there
+    is no full block): what scan_chunk reads first, for callers that fetch it early (x0)."""
+    tile = tl.arange(0, BLOCK // 4)[:, None] * 4 + tl.arange(0, 4)[None, :]
+    return tl.load(row_ptr + start + tile, mask=tile < (end - start) // BLOCK * BLOCK, other=0.0)
+
+
+@triton.jit
 def scan_chunk(row_ptr, start, end, inv_t, sampled, seed, step, thr, STATS: tl.constexpr, THRESH: tl.constexpr,
-               BLOCK: tl.constexpr):
+               BLOCK: tl.constexpr, x0=None):
     """Gumbel-max over tokens [start, end) of a row (scan_block over full blocks, then the ragged tail):
     (winning score, its token (lowest among ties), max z, sum exp(z - max z) if STATS). THRESH: only
-    tokens with z >= thr take part."""
+    tokens with z >= thr take part. x0: first_block(row_ptr, start, end, BLOCK), if already fetched."""
     G: tl.constexpr = BLOCK // 4
     tile = tl.arange(0, G)[:, None] * 4 + tl.arange(0, 4)[None, :]  # four tokens per Philox counter
     best_s = tl.full([G, 4], float("-inf"), tl.float32)
@@ -108,11 +114,19 @@ def scan_chunk(row_ptr, start, end, inv_t, sampled, seed, step, thr, STATS: tl.c
     m = tl.full([], NEG, tl.float32)
     s = tl.zeros([], tl.float32)
     full_end = start + (end - start) // BLOCK * BLOCK
+    if x0 is None:
+        x = first_block(row_ptr, start, end, BLOCK)
+    else:
+        x = x0
     for off in range(start, full_end, BLOCK):  # full blocks: no masks
-        best_s, best_o, m, s = scan_block(row_ptr, off, tile, end, inv_t, sampled, seed, step, thr, best_s,
+        # the next block is fetched while this one is scanned (the last fetch repeats the last block)
+        x_next = tl.load(row_ptr + tl.minimum(off + BLOCK, full_end - BLOCK) + tile)
+        best_s, best_o, m, s = scan_block(x, off, tile, end, inv_t, sampled, seed, step, thr, best_s,
                                           best_o, m, s, False, STATS, THRESH, G)
+        x = x_next
     for off in range(full_end, end, BLOCK):  # the ragged tail, at most once
-        best_s, best_o, m, s = scan_block(row_ptr, off, tile, end, inv_t, sampled, seed, step, thr, best_s,
+        x = tl.load(row_ptr + off + tile, mask=tile < end - off, other=0.0)
+        best_s, best_o, m, s = scan_block(x, off, tile, end, inv_t, sampled, seed, step, thr, best_s,
                                           best_o, m, s, True, STATS, THRESH, G)
     win = tl.max(best_s)
     return win, tl.min(tl.where(best_s == win, best_o + tile, 2147483647)), m, s

@@ -33,7 +33,7 @@ import triton.language as tl
 
 from tritium.autotune import next_pow2
 from tritium.kernels import sampling_threshold as th
-from tritium.kernels.gumbel import scan_chunk
+from tritium.kernels.gumbel import first_block, scan_chunk
 from tritium.kernels.sampling import _sample_merge_kernel
 from tritium.kernels.sampling_threshold import predicate_bounds, row_params, threshold, walk_window
 from tritium.platform import INTERPRET
@@ -205,12 +205,17 @@ def _bracket_round_kernel(
     CHUNK: tl.constexpr, NP: tl.constexpr, PG: tl.constexpr, CPAD: tl.constexpr, NWIN: tl.constexpr,
     BPAD: tl.constexpr,  # next_pow2(B)
 ):
+    # program 0 carries the rows not pending into the other buffer; it reads every row's state beside the
+    # phases (one wait on memory, not two), then stores those of the rows not selected
+    rows = tl.arange(0, BPAD)
+    e = rows[:, None] * 4 + tl.arange(0, 4)[None, :]
+    first = (rows < B)[:, None] & (tl.program_id(0) == 0)
+    old_f = tl.load(bf_in_ptr + e, mask=first)
+    old_i = tl.load(bi_in_ptr + e, mask=first)
     rows, sel, rank, n = _rows_in_phase(bi_in_ptr, B, 0, 1, BPAD)
-    if tl.program_id(0) == 0:  # rows not pending keep their state in the other buffer
-        e = rows[:, None] * 4 + tl.arange(0, 4)[None, :]
-        keep = (~sel & (rows < B))[:, None]
-        tl.store(bf_out_ptr + e, tl.load(bf_in_ptr + e, mask=keep), mask=keep)
-        tl.store(bi_out_ptr + e, tl.load(bi_in_ptr + e, mask=keep), mask=keep)
+    keep = first & ~sel[:, None]
+    tl.store(bf_out_ptr + e, old_f, mask=keep)
+    tl.store(bi_out_ptr + e, old_i, mask=keep)
     per_row, g = _items(n, C)
     for item in range(tl.program_id(0), n * per_row, tl.num_programs(0)):
         row, c0, c1 = _item_chunks(rows, sel, rank, item, per_row, g, C)
@@ -238,21 +243,26 @@ def _bracket_draw_kernel(
     per_row, g = _items(n, C)
     for item in range(tl.program_id(0), n * per_row, tl.num_programs(0)):
         row, c0, c1 = _item_chunks(rows, sel, rank, item, per_row, g, C)
+        row_ptr = logits_ptr + row * stride_row
+        x = first_block(row_ptr, c0 * CHUNK, tl.minimum(c0 * CHUNK + CHUNK, V), BLOCK)  # fetched beside the window
         t, k, p, mp = row_params(temp_ptr, topk_ptr, topp_ptr, minp_ptr, row, HAS_K, HAS_P, HAS_MINP)
         big = tl.load(row_f_ptr + row * 3)
         k_on, mass_on = predicate_bounds(k, p, V, tl.load(row_f_ptr + row * 3 + 1))
         lo = tl.load(bf_ptr + row * 4)
+        seed = tl.load(seed_ptr + row)
+        step = tl.load(step_ptr + row)
         vstar = walk_window(win_ptr + row * NWIN, tl.load(bi_ptr + row * 4 + 2), tl.load(bi_ptr + row * 4 + 1),
                             tl.load(bf_ptr + row * 4 + 2), big, k_on, mass_on, NWIN)
         thr = threshold(tl.maximum(vstar, lo), k, p, mp, big)
         sampled = t > 0
         inv_t = 1.0 / tl.where(sampled, t, 1.0)
-        seed = tl.load(seed_ptr + row)
-        step = tl.load(step_ptr + row)
         for c in range(c0, c1):
             end = tl.minimum(c * CHUNK + CHUNK, V)
-            win, tok, m, s = scan_chunk(logits_ptr + row * stride_row, c * CHUNK, end, inv_t, sampled, seed, step, thr,
-                                        LOGPROBS, True, BLOCK)
+            nxt = (c + 1) * CHUNK  # the next chunk's first block (none after the last)
+            x_next = first_block(row_ptr, nxt, tl.where(c + 1 < c1, tl.minimum(nxt + CHUNK, V), nxt), BLOCK)
+            win, tok, m, s = scan_chunk(row_ptr, c * CHUNK, end, inv_t, sampled, seed, step, thr, LOGPROBS, True,
+                                        BLOCK, x)
+            x = x_next
             slot = row * C + c
             tl.store(part_f_ptr + slot * 3, win)
             tl.store(part_i_ptr + slot, tok)

@@ -64,17 +64,14 @@ def _unordered(o):
 
 
 @triton.jit
-def _lane_block(row_ptr, off, tile, end, inv_t, sampled, seed, step, best_s, best_o, m1, o1, m2, s1, mn,
+def _lane_block(x, off, tile, end, inv_t, sampled, seed, step, best_s, best_o, m1, o1, m2, s1, mn,
                 MASKED: tl.constexpr, G: tl.constexpr):
-    # one [G, 4] block of tokens off + tile into per-lane state: the noisy winner (best_s at block offset
-    # best_o), the largest z (m1 at block offset o1) and the largest of the lane's other z (m2), and
+    # one [G, 4] block x of logits, tokens off + tile, into per-lane state: the noisy winner (best_s at block
+    # offset best_o), the largest z (m1 at block offset o1) and the largest of the lane's other z (m2), and
     # s1 = sum exp(z - m1) with one exp per token: exp(-|z - m1|) serves both cases
+    z = x.to(tl.float32) * inv_t
     if MASKED:
-        mask = tile < end - off
-        z = tl.where(mask, tl.load(row_ptr + off + tile, mask=mask, other=0.0).to(tl.float32) * inv_t,
-                     float("-inf"))
-    else:
-        z = tl.load(row_ptr + off + tile).to(tl.float32) * inv_t
+        z = tl.where(tile < end - off, z, float("-inf"))
     if sampled:
         sc = noisy_scores(z, seed, step, (off // 4 + tl.arange(0, G))[:, None], tl.arange(0, 4)[None, :])
     else:
@@ -133,11 +130,16 @@ def _filter_partial_kernel(
     start = c * CHUNK
     end = tl.minimum(start + CHUNK, V)
     full_end = start + (end - start) // BLOCK * BLOCK
+    x = tl.load(row_ptr + start + tile, mask=tile < full_end - start, other=0.0)
     for off in range(start, full_end, BLOCK):
-        best_s, best_o, m1, o1, m2, s1, mn = _lane_block(row_ptr, off, tile, end, inv_t, sampled, seed, step,
+        # the next block is fetched while this one is worked on (the last fetch repeats the last block)
+        x_next = tl.load(row_ptr + tl.minimum(off + BLOCK, full_end - BLOCK) + tile)
+        best_s, best_o, m1, o1, m2, s1, mn = _lane_block(x, off, tile, end, inv_t, sampled, seed, step,
                                                          best_s, best_o, m1, o1, m2, s1, mn, False, G)
+        x = x_next
     for off in range(full_end, end, BLOCK):
-        best_s, best_o, m1, o1, m2, s1, mn = _lane_block(row_ptr, off, tile, end, inv_t, sampled, seed, step,
+        x = tl.load(row_ptr + off + tile, mask=tile < end - off, other=0.0)
+        best_s, best_o, m1, o1, m2, s1, mn = _lane_block(x, off, tile, end, inv_t, sampled, seed, step,
                                                          best_s, best_o, m1, o1, m2, s1, mn, True, G)
     # the best (score, lowest token) in one reduction of packed (ordered score, inverted token) keys
     key = tl.max((_ordered(best_s).to(tl.int64) << 32) | (2147483647 - (best_o + tile)))
@@ -186,16 +188,29 @@ def _filter_finish_kernel(
     NSMALL: tl.constexpr,  # windows of at most NSMALL candidates are sorted on a tile that wide
 ):
     row = tl.program_id(0).to(tl.int64)
+    # everything the row needs from memory is fetched at once (slots past a chunk's count too: in bounds,
+    # masked below), so the program waits on memory once before its window is gathered
     t, k, p, mp = row_params(temp_ptr, topk_ptr, topp_ptr, minp_ptr, row, HAS_K, HAS_P, HAS_MINP)
+    seed = tl.load(seed_ptr + row)
+    step = tl.load(step_ptr + row)
     c = tl.arange(0, CPAD)
     cm = c < C
     part = part_f_ptr + (row * C + c) * 5
     m = tl.load(part + 1, mask=cm, other=NEG)
+    sums = tl.load(part + 2, mask=cm, other=0.0)
+    floors = tl.load(part + 3, mask=cm, other=float("-inf"))
+    low = tl.min(tl.load(part + 4, mask=cm, other=float("inf")))
+    s = tl.arange(0, NCAND)
+    ch = s // CAPC
+    slot = (row * C + ch) * CAPC + s % CAPC
+    n_cand = tl.load(part_i_ptr + (row * C + ch) * 2 + 1, mask=ch < C, other=0)
+    cz_all = tl.load(cand_z_ptr + slot, mask=ch < C, other=NEG)
+    ci_all = tl.load(cand_i_ptr + slot, mask=ch < C, other=0)
     big = tl.max(m)
-    total = tl.sum(tl.load(part + 2, mask=cm, other=0.0) * tl.exp(m - big))
+    total = tl.sum(sums * tl.exp(m - big))
     tl.store(row_f_ptr + row * 3, big)
     tl.store(row_f_ptr + row * 3 + 1, total)
-    tl.store(row_f_ptr + row * 3 + 2, tl.min(tl.load(part + 4, mask=cm, other=float("inf"))))
+    tl.store(row_f_ptr + row * 3 + 2, low)
     # no filter on this row, or a greedy row without logprobs (the argmax is always kept): the plain winner
     if ((k <= 0) & (p >= 1.0) & (mp <= 0)) | ((t <= 0) & (not LOGPROBS)):
         sc = tl.load(part, mask=cm, other=float("-inf"))
@@ -209,20 +224,18 @@ def _filter_finish_kernel(
         init_bracket(bf_ptr, bi_ptr, row, tl.num_programs(0), True, big)
     else:
         # candidates of all chunks; the row's window: the widest z >= max - D with at most NWIN of them
-        s = tl.arange(0, NCAND)
-        ch = s // CAPC
-        valid = (ch < C) & (s % CAPC < tl.load(part_i_ptr + (row * C + ch) * 2 + 1, mask=ch < C, other=0))
-        cz = tl.load(cand_z_ptr + (row * C + ch) * CAPC + s % CAPC, mask=valid, other=NEG)
+        valid = (ch < C) & (s % CAPC < n_cand)
+        cz = tl.where(valid, cz_all, NEG)
         # every token with z > floor is a candidate (chunk floors), and with z >= w_floor in the window
-        floor = tl.max(tl.load(part + 3, mask=cm, other=float("-inf")))
+        floor = tl.max(floors)
         w_floor = tl.full([], float("-inf"), tl.float32)
         if NCAND > NWIN:
             # count(cz >= max - D) for every D of the schedule at once: a candidate's step is the first D it
             # passes (NRSCHED: none), and the counts are the cumulative histogram of the steps
-            step = tl.zeros([NCAND], tl.int32)
+            first_d = tl.zeros([NCAND], tl.int32)
             for i in tl.static_range(NRSCHED):
-                step += (cz < big - _sched(i, DMAX, NRSCHED)).to(tl.int32)
-            hist = tl.histogram(tl.where(valid, step, NRSCHED), SBINS)
+                first_d += (cz < big - _sched(i, DMAX, NRSCHED)).to(tl.int32)
+            hist = tl.histogram(tl.where(valid, first_d, NRSCHED), SBINS)
             fits = (tl.cumsum(hist, 0) <= NWIN) & (tl.arange(0, SBINS) < NRSCHED)
             pick = tl.sum(fits.to(tl.int32)) - 1  # the widest D with at most NWIN candidates (-1: none)
             d_sel = tl.full([], -1.0, tl.float32)
@@ -232,21 +245,20 @@ def _filter_finish_kernel(
         sel = valid & (cz >= w_floor)
         pos = tl.cumsum(sel.to(tl.int32), 0) - 1
         tl.store(win_z_ptr + row * NWIN + pos, cz, mask=sel)
-        tl.store(win_i_ptr + row * NWIN + pos, tl.load(cand_i_ptr + (row * C + ch) * CAPC + s % CAPC, mask=sel),
-                 mask=sel)
+        tl.store(win_i_ptr + row * NWIN + pos, ci_all, mask=sel)
         tl.debug_barrier()  # the window was written by other threads of this program
         n_win = tl.sum(sel.to(tl.int32))
         k_on, mass_on = predicate_bounds(k, p, V, total)
+        wz_ptr = win_z_ptr + row * NWIN
+        wi_ptr = win_i_ptr + row * NWIN
         if n_win <= NSMALL:  # the usual peaked row: a few candidates, sorted and drawn on a narrow tile
-            done = settle_window(win_z_ptr + row * NWIN, win_i_ptr + row * NWIN, n_win, big, k_on, mass_on, k,
-                                       p, mp, t, seed_ptr, step_ptr, row, floor, w_floor, out_ptr, lp_ptr, LOGPROBS,
-                                       NSMALL)
+            done = settle_window(wz_ptr, wi_ptr, n_win, big, k_on, mass_on, k, p, mp, t, seed, step, row, floor,
+                                 w_floor, out_ptr, lp_ptr, LOGPROBS, NSMALL)
         else:
-            done = settle_window(win_z_ptr + row * NWIN, win_i_ptr + row * NWIN, n_win, big, k_on, mass_on, k,
-                                       p, mp, t, seed_ptr, step_ptr, row, floor, w_floor, out_ptr, lp_ptr, LOGPROBS,
-                                       NWIN)
+            done = settle_window(wz_ptr, wi_ptr, n_win, big, k_on, mass_on, k, p, mp, t, seed, step, row, floor,
+                                 w_floor, out_ptr, lp_ptr, LOGPROBS, NWIN)
         tl.store(state_ptr + row, tl.where(done, 0, 1))
-        init_bracket(bf_ptr, bi_ptr, row, tl.num_programs(0), done, tl.load(row_f_ptr + row * 3 + 2))
+        init_bracket(bf_ptr, bi_ptr, row, tl.num_programs(0), done, low)
 
 
 @triton.jit

@@ -46,16 +46,24 @@ def predicate_bounds(k, p, V, total):
 
 
 @triton.jit
-def walk_window(win_ptr, n_win, base_cnt, base_mass, big, k_on, mass_on, NWIN: tl.constexpr):
-    """v*: the largest of the n_win values in win_ptr[:NWIN] at which the predicate holds, counting base_cnt
-    tokens (mass base_mass) above all of them; -inf if none. The values sorted in descending order give
+def walk_values(zv, n, base_cnt, base_mass, big, k_on, mass_on, NWIN: tl.constexpr):
+    """v*: the largest of the n values in zv [NWIN] (the rest NEG) at which the predicate holds, counting
+    base_cnt tokens (mass base_mass) above all of them; -inf if none. The values sorted in descending order give
     count and mass at or above the i-th one as i + 1 and a cumulative sum; ties after it only add to both,
     so the first i where the predicate holds is v* exactly."""
     w = tl.arange(0, NWIN)
-    zs = tl.sort(tl.load(win_ptr + w, mask=w < n_win, other=NEG), descending=True)
-    mass = base_mass + tl.cumsum(tl.where(w < n_win, tl.exp(zs - big), 0.0), 0)
-    holds = (w < n_win) & ((base_cnt + w + 1 >= k_on) | (mass >= mass_on))
+    zs = tl.sort(zv, descending=True)
+    mass = base_mass + tl.cumsum(tl.where(w < n, tl.exp(zs - big), 0.0), 0)
+    holds = (w < n) & ((base_cnt + w + 1 >= k_on) | (mass >= mass_on))
     return tl.max(tl.where(holds, zs, float("-inf")))
+
+
+@triton.jit
+def walk_window(win_ptr, n_win, base_cnt, base_mass, big, k_on, mass_on, NWIN: tl.constexpr):
+    """walk_values over the n_win values in win_ptr[:NWIN]."""
+    w = tl.arange(0, NWIN)
+    return walk_values(tl.load(win_ptr + w, mask=w < n_win, other=NEG), n_win, base_cnt, base_mass, big, k_on,
+                       mass_on, NWIN)
 
 
 @triton.jit
@@ -67,20 +75,20 @@ def threshold(vstar, k, p, mp, big):
 
 
 @triton.jit
-def settle_window(wz_ptr, wi_ptr, n_win, big, k_on, mass_on, k, p, mp, t, seed_ptr, step_ptr, row, floor, w_floor,
-                   out_ptr, lp_ptr, LOGPROBS: tl.constexpr, W: tl.constexpr):
+def settle_window(wz_ptr, wi_ptr, n_win, big, k_on, mass_on, k, p, mp, t, seed, step, row, floor, w_floor,
+                  out_ptr, lp_ptr, LOGPROBS: tl.constexpr, W: tl.constexpr):
     """v* from the n_win <= W window values (sorted), then, if the kept set lies above the floors, the draw
     among the kept window tokens (their noise recomputed from the token ids). Returns whether it settled."""
-    vstar = walk_window(wz_ptr, n_win, 0, 0.0, big, k_on, mass_on, W)  # counts are exact for values >= floor
-    thr = threshold(vstar, k, p, mp, big)
     w = tl.arange(0, W)
     wv = w < n_win
     wz = tl.load(wz_ptr + w, mask=wv, other=NEG)
     wi = tl.load(wi_ptr + w, mask=wv, other=0)
+    vstar = walk_values(wz, n_win, 0, 0.0, big, k_on, mass_on, W)  # counts are exact for values >= floor
+    thr = threshold(vstar, k, p, mp, big)
     # v* computed below the floor may be too low, but then the true one is below the floor too
     done = (thr > floor) & (thr >= w_floor)
     kept = wv & (wz >= thr)
-    noisy = noisy_scores(wz, tl.load(seed_ptr + row), tl.load(step_ptr + row), wi // 4, wi % 4)
+    noisy = noisy_scores(wz, seed, step, wi // 4, wi % 4)
     score = tl.where(kept, tl.where(t > 0, noisy, wz), float("-inf"))
     ftok = tl.min(tl.where(kept & (score == tl.max(score)), wi, 2147483647))
     tl.store(out_ptr + row, ftok.to(tl.int64), mask=done)
