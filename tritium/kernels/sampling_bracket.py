@@ -22,6 +22,8 @@ written, 2 window gathered, 3 left to the sequential kernel, 4 finished earlier 
 Then _bracket_draw_kernel, the same grid over the rows in phase 2: sorts the window (walk_window) for v*,
 applies min-p, and scans its chunks for the Gumbel-max winner among z >= thr (the plain path's scan);
 sampling's merge kernel picks the row's winner.
+Counts of the rows each launch works on (counted atomically by the launch before; the candidate pass zeroes
+them) let the programs without an item leave before listing the rows.
 State buffers are double: round r reads one and writes the other, as other programs of the same launch
 may still be reading the state of the previous round (program 0 carries the other rows' state over).
 """
@@ -38,8 +40,9 @@ from tritium.kernels.sampling import _sample_merge_kernel
 from tritium.kernels.sampling_threshold import predicate_bounds, row_params, threshold, walk_window
 from tritium.platform import INTERPRET
 
-NPROBES = 16  # probes per round: the bracket narrows ~15x per round
-ROUNDS = 3  # rounds that probe; then one more launch that only merges and gathers
+NPROBES = 8  # probes per round: the bracket narrows ~7x per round (16 probes cost ~2x as much per round)
+ROUNDS = 4  # rounds that probe; then one more launch that only merges and gathers
+COUNT_SLOTS = 8  # >= ROUNDS + 2: rows pending at each round launch, then at the draw
 ROUND_CHUNK = 2048  # tokens per work item of the rounds and the draw (74 items for a 151,936 row)
 PROBE_GROUP = 4  # probes compared at once: [PROBE_GROUP, ROUND_CHUNK] per step
 ROUND_WARPS = 4
@@ -63,13 +66,18 @@ def init_bracket(bf_ptr, bi_ptr, row, B, done, lo):
 
 
 @triton.jit
-def _rows_in_phase(bi_ptr, B, PH_MIN: tl.constexpr, PH_MAX: tl.constexpr, BPAD: tl.constexpr):
-    """The rows whose phase (bi [B, 4], entry 0) lies in [PH_MIN, PH_MAX]: (row ids, selected, rank among
-    the selected, their number), from which _items and _item_chunks lay out the work items."""
+def _phases(bi_ptr, B, BPAD: tl.constexpr):
+    # [BPAD] every row's phase (bi [B, 4], entry 0; PHASE_DONE past B)
     b = tl.arange(0, BPAD)
-    ph = tl.load(bi_ptr + b * 4, mask=b < B, other=PHASE_DONE)
+    return tl.load(bi_ptr + b * 4, mask=b < B, other=PHASE_DONE)
+
+
+@triton.jit
+def _rows_in_phase(ph, PH_MIN: tl.constexpr, PH_MAX: tl.constexpr, BPAD: tl.constexpr):
+    """The rows whose phase (from _phases) lies in [PH_MIN, PH_MAX]: (row ids, selected, rank among the
+    selected, their number), from which _items and _item_chunks lay out the work items."""
     sel = (ph >= PH_MIN) & (ph <= PH_MAX)
-    return b, sel, tl.cumsum(sel.to(tl.int32), 0) - 1, tl.sum(sel.to(tl.int32))
+    return tl.arange(0, BPAD), sel, tl.cumsum(sel.to(tl.int32), 0) - 1, tl.sum(sel.to(tl.int32))
 
 
 @triton.jit
@@ -89,8 +97,9 @@ def _chunk(row_ptr, c, c1, V, CHUNK: tl.constexpr):
 
 @triton.jit
 def _round_item(logits_ptr, stride_row, temp_ptr, topk_ptr, topp_ptr, minp_ptr, row_f_ptr, bf_in_ptr, bi_in_ptr,
-                bf_out_ptr, bi_out_ptr, cnt_in_ptr, mass_in_ptr, cnt_out_ptr, mass_out_ptr, win_ptr, row, c0, c1, V, C,
-                HAS_K: tl.constexpr, HAS_P: tl.constexpr, HAS_MINP: tl.constexpr, LAST: tl.constexpr,
+                bf_out_ptr, bi_out_ptr, cnt_in_ptr, mass_in_ptr, cnt_out_ptr, mass_out_ptr, win_ptr, count_next_ptr,
+                count_draw_ptr, row, c0, c1, V, C, HAS_K: tl.constexpr, HAS_P: tl.constexpr, HAS_MINP: tl.constexpr,
+                LAST: tl.constexpr,
                 CHUNK: tl.constexpr, NP: tl.constexpr, PG: tl.constexpr, CPAD: tl.constexpr, NWIN: tl.constexpr):
     """One round's work on chunks [c0, c1) of a pending row (steps 1-3 of the module docstring); the item with
     chunk 0 writes the row's new state. The first chunk, the row's state and the previous round's counts
@@ -161,6 +170,8 @@ def _round_item(logits_ptr, stride_row, temp_ptr, topk_ptr, topp_ptr, minp_ptr, 
                     tl.store(mass_out_ptr + out, tl.sum(tl.where(ge, e, 0.0), 1))
             x = x_next
     if c0 == 0:
+        tl.atomic_add(count_next_ptr, (ph == 1).to(tl.int32), sem="relaxed")  # rows the next launch works on
+        tl.atomic_add(count_draw_ptr, (ph == 2).to(tl.int32), sem="relaxed")  # rows the draw works on
         tl.store(bf_out_ptr + row * 4, lo)
         tl.store(bf_out_ptr + row * 4 + 1, hi)
         tl.store(bf_out_ptr + row * 4 + 2, m_hi)
@@ -199,20 +210,27 @@ def _bracket_round_kernel(
     cnt_in_ptr, mass_in_ptr,  # [B, C, NP] int32, fp32: the previous round's counts and masses at its probes
     cnt_out_ptr, mass_out_ptr,  # [B, C, NP] this round's
     win_ptr,  # [B, NWIN] fp32 out: the window
+    count_ptr,  # [1] int32: rows pending at this launch (counted by the launch before)
+    count_next_ptr, count_draw_ptr,  # [1] int32 out (atomic): rows pending at the next launch / for the draw
     B, V, C,
     HAS_K: tl.constexpr, HAS_P: tl.constexpr, HAS_MINP: tl.constexpr,
     LAST: tl.constexpr,  # merge and gather only
     CHUNK: tl.constexpr, NP: tl.constexpr, PG: tl.constexpr, CPAD: tl.constexpr, NWIN: tl.constexpr,
     BPAD: tl.constexpr,  # next_pow2(B)
 ):
-    # program 0 carries the rows not pending into the other buffer; it reads every row's state beside the
-    # phases (one wait on memory, not two), then stores those of the rows not selected
+    # The phases, the pending count and (program 0, which carries the rows not pending into the other
+    # buffer) every row's state are fetched at once; programs without an item then leave (listing the rows
+    # costs each program ~1.5 us).
+    ph = _phases(bi_in_ptr, B, BPAD)
+    n_count = tl.load(count_ptr)
     rows = tl.arange(0, BPAD)
     e = rows[:, None] * 4 + tl.arange(0, 4)[None, :]
     first = (rows < B)[:, None] & (tl.program_id(0) == 0)
     old_f = tl.load(bf_in_ptr + e, mask=first)
     old_i = tl.load(bi_in_ptr + e, mask=first)
-    rows, sel, rank, n = _rows_in_phase(bi_in_ptr, B, 0, 1, BPAD)
+    if (tl.program_id(0) > 0) & (tl.program_id(0) >= n_count * _items(n_count, C)[0]):
+        return
+    rows, sel, rank, n = _rows_in_phase(ph, 0, 1, BPAD)
     keep = first & ~sel[:, None]
     tl.store(bf_out_ptr + e, old_f, mask=keep)
     tl.store(bi_out_ptr + e, old_i, mask=keep)
@@ -220,8 +238,9 @@ def _bracket_round_kernel(
     for item in range(tl.program_id(0), n * per_row, tl.num_programs(0)):
         row, c0, c1 = _item_chunks(rows, sel, rank, item, per_row, g, C)
         _round_item(logits_ptr, stride_row, temp_ptr, topk_ptr, topp_ptr, minp_ptr, row_f_ptr, bf_in_ptr, bi_in_ptr,
-                    bf_out_ptr, bi_out_ptr, cnt_in_ptr, mass_in_ptr, cnt_out_ptr, mass_out_ptr, win_ptr, row,
-                    c0, c1, V, C, HAS_K, HAS_P, HAS_MINP, LAST, CHUNK, NP, PG, CPAD, NWIN)
+                    bf_out_ptr, bi_out_ptr, cnt_in_ptr, mass_in_ptr, cnt_out_ptr, mass_out_ptr, win_ptr,
+                    count_next_ptr, count_draw_ptr, row, c0, c1, V, C, HAS_K, HAS_P, HAS_MINP, LAST, CHUNK, NP, PG,
+                    CPAD, NWIN)
 
 
 @triton.jit
@@ -235,11 +254,16 @@ def _bracket_draw_kernel(
     win_ptr,  # [B, NWIN] fp32: the gathered windows
     part_f_ptr,  # [B, C, 3] fp32 out: best score, max z, sum exp(z - max) over the kept tokens of the chunk
     part_i_ptr,  # [B, C] int32 out: best token
+    count_ptr,  # [1] int32: rows in phase 2 (counted by the rounds)
     B, V, C,
     HAS_K: tl.constexpr, HAS_P: tl.constexpr, HAS_MINP: tl.constexpr, LOGPROBS: tl.constexpr,
     CHUNK: tl.constexpr, BLOCK: tl.constexpr, NWIN: tl.constexpr, BPAD: tl.constexpr,
 ):
-    rows, sel, rank, n = _rows_in_phase(bi_ptr, B, 2, 2, BPAD)
+    ph = _phases(bi_ptr, B, BPAD)  # (fetched beside the count)
+    n_count = tl.load(count_ptr)
+    if tl.program_id(0) >= n_count * _items(n_count, C)[0]:
+        return
+    rows, sel, rank, n = _rows_in_phase(ph, 2, 2, BPAD)
     per_row, g = _items(n, C)
     for item in range(tl.program_id(0), n * per_row, tl.num_programs(0)):
         row, c0, c1 = _item_chunks(rows, sel, rank, item, per_row, g, C)
@@ -271,8 +295,10 @@ def _bracket_draw_kernel(
                 tl.store(part_f_ptr + slot * 3 + 2, s)
 
 
-def reset_brackets(state, row_f, bf, bi) -> None:
+def reset_brackets(state, row_f, bf, bi, counts) -> None:
     """Make every row pending with a fresh bracket (tests: the bracket path on rows the window settles)."""
+    counts.zero_()
+    counts[0] = state.shape[0]
     state.fill_(1)
     bi.zero_()
     bf[0, :, 0] = row_f[:, 2]
@@ -287,30 +313,33 @@ def _programs(device, items: int) -> int:
     return max(1, min(items, PROGRAMS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count))
 
 
-def draw_pending(logits, temperature, seeds, offsets, filt, flags, row_f, state, bf, bi, win, out, lp):
+def draw_pending(logits, temperature, seeds, offsets, filt, flags, row_f, state, bf, bi, counts, win, out, lp):
     """Bracket rounds, draw and merge for rows in phase 0 (pending), then the sequential kernel for the rows
     left over. filt: the (top_k, top_p, min_p) tensors (dummies where off); flags: HAS_K, HAS_P, HAS_MINP,
-    LOGPROBS; win [B, NWIN] fp32 scratch; lp: logprobs out (a dummy without LOGPROBS)."""
+    LOGPROBS; counts [COUNT_SLOTS] int32: the rows pending at round 0 in counts[0], the rest zero;
+    win [B, NWIN] fp32 scratch; lp: logprobs out (a dummy without LOGPROBS)."""
     B, V = logits.shape
     chunk = min(ROUND_CHUNK, next_pow2(V))
     C = -(-V // chunk)
     nwin = win.shape[1]
     has = {k: flags[k] for k in ("HAS_K", "HAS_P", "HAS_MINP")}
     grid = (_programs(logits.device, B * C),)
+    assert counts.numel() >= ROUNDS + 2, "COUNT_SLOTS must cover every round launch and the draw"
     cnt = torch.empty((2, B, C, NPROBES), dtype=torch.int32, device=logits.device)
     mass = torch.empty((2, B, C, NPROBES), dtype=torch.float32, device=logits.device)
     for r in range(ROUNDS + 1):
         i, o = r % 2, (r + 1) % 2
         _bracket_round_kernel[grid](
             logits, logits.stride(0), temperature, *filt, row_f, bf[i], bi[i], bf[o], bi[o], cnt[i], mass[i],
-            cnt[o], mass[o], win, B, V, C, **has, LAST=r == ROUNDS, CHUNK=chunk, NP=NPROBES,
+            cnt[o], mass[o], win, counts[r:], counts[r + 1:], counts[ROUNDS + 1:], B, V, C, **has, LAST=r == ROUNDS,
+            CHUNK=chunk, NP=NPROBES,
             PG=PROBE_GROUP, CPAD=next_pow2(C), NWIN=nwin, BPAD=next_pow2(B), num_warps=ROUND_WARPS)
     fin = (ROUNDS + 1) % 2
     part_f = torch.empty((B, C, 3), dtype=torch.float32, device=logits.device)
     part_i = torch.empty((B, C), dtype=torch.int32, device=logits.device)
     _bracket_draw_kernel[grid](logits, logits.stride(0), temperature, seeds, offsets, *filt, row_f, bf[fin], bi[fin],
-                               win, part_f, part_i, B, V, C, **flags, CHUNK=chunk, BLOCK=min(DRAW_BLOCK, chunk),
-                               NWIN=nwin, BPAD=next_pow2(B), num_warps=4)
+                               win, part_f, part_i, counts[ROUNDS + 1:], B, V, C, **flags, CHUNK=chunk,
+                               BLOCK=min(DRAW_BLOCK, chunk), NWIN=nwin, BPAD=next_pow2(B), num_warps=4)
     _sample_merge_kernel[(B,)](part_f, part_i, logits, logits.stride(0), temperature, out, lp, C,
                                STATS=flags["LOGPROBS"], CPAD=next_pow2(C), gate_ptr=bi[fin], GATE=2)
     th._filter_general_kernel[(B,)](logits, logits.stride(0), temperature, seeds, offsets, *filt, row_f, bi[fin],

@@ -36,7 +36,7 @@ import triton.language as tl
 
 from tritium.autotune import next_pow2, tuned
 from tritium.kernels.gumbel import NEG, exp_fast, noisy_scores
-from tritium.kernels.sampling_bracket import draw_pending, init_bracket, reset_brackets
+from tritium.kernels.sampling_bracket import COUNT_SLOTS, draw_pending, init_bracket, reset_brackets
 from tritium.kernels.sampling_threshold import predicate_bounds, row_params, settle_window
 
 # Tokens per program: CHUNK (a multiple of BLOCK, <= FILTER_CHUNK), fixed by V alone, so sums and candidate
@@ -101,15 +101,18 @@ def _filter_partial_kernel(
     part_i_ptr,  # [B, C, 2] int32 out: best token, number of candidates
     cand_z_ptr,  # [B, C, CAPC] fp32 out: candidate z
     cand_i_ptr,  # [B, C, CAPC] int32 out: candidate token
+    counts_ptr,  # [NCOUNT] int32 out: zeroed (sampling_bracket's pending-row counts; this launch precedes all)
     V,  # vocabulary size
     HAS_K: tl.constexpr, HAS_P: tl.constexpr, HAS_MINP: tl.constexpr,
-    CAPC: tl.constexpr,
+    CAPC: tl.constexpr, NCOUNT: tl.constexpr,
     CHUNK: tl.constexpr,  # tokens per program, a multiple of BLOCK
     BLOCK: tl.constexpr,  # lanes, a power of two >= 4
 ):
     row = tl.program_id(0).to(tl.int64)
     c = tl.program_id(1)
     slot = row * tl.num_programs(1) + c
+    if (row == 0) & (c == 0):
+        tl.store(counts_ptr + tl.arange(0, NCOUNT), tl.zeros([NCOUNT], tl.int32))
     G: tl.constexpr = BLOCK // 4
     t, k, p, mp = row_params(temp_ptr, topk_ptr, topp_ptr, minp_ptr, row, HAS_K, HAS_P, HAS_MINP)
     inv_t = 1.0 / tl.where(t > 0, t, 1.0)
@@ -180,6 +183,7 @@ def _filter_finish_kernel(
     row_f_ptr,  # [B, 3] fp32 out: max z, sum exp(z - max), min finite z (for sampling_bracket)
     state_ptr,  # [B] int32 out: 0 done, 1 pending
     bf_ptr, bi_ptr,  # [2, B, 4] fp32 / int32 out: sampling_bracket's first state (both buffers' phase)
+    counts_ptr,  # [NCOUNT] int32: counts_ptr[0] += 1 for each row left pending (atomic)
     V, C,
     HAS_K: tl.constexpr, HAS_P: tl.constexpr, HAS_MINP: tl.constexpr, LOGPROBS: tl.constexpr,
     CAPC: tl.constexpr, CPAD: tl.constexpr, NCAND: tl.constexpr,  # CPAD >= C, NCAND >= C * CAPC
@@ -259,6 +263,7 @@ def _filter_finish_kernel(
                                  w_floor, out_ptr, lp_ptr, LOGPROBS, NWIN)
         tl.store(state_ptr + row, tl.where(done, 0, 1))
         init_bracket(bf_ptr, bi_ptr, row, tl.num_programs(0), done, low)
+        tl.atomic_add(counts_ptr, tl.where(done, 0, 1), sem="relaxed")  # (read after this launch)
 
 
 @triton.jit
@@ -298,6 +303,7 @@ def sample_filtered(logits, temperature, seeds, offsets, top_k, top_p, min_p, ou
     row_f = torch.empty((B, 3), dtype=torch.float32, device=dev)
     bf = torch.empty((2, B, 4), dtype=torch.float32, device=dev)
     bi = torch.empty((2, B, 4), dtype=torch.int32, device=dev)
+    counts = torch.empty(COUNT_SLOTS, dtype=torch.int32, device=dev)
     state = torch.empty(B, dtype=torch.int32, device=dev) if state is None else state
     has = dict(HAS_K=top_k is not None, HAS_P=top_p is not None, HAS_MINP=min_p is not None)
     flags = dict(**has, LOGPROBS=logprobs_out is not None)
@@ -305,14 +311,13 @@ def sample_filtered(logits, temperature, seeds, offsets, top_k, top_p, min_p, ou
     filt = (top_k if top_k is not None else dummy, top_p if top_p is not None else dummy,
             min_p if min_p is not None else dummy)
     _FILTER_PARTIAL((B, C), logits, logits.stride(0), temperature, seeds, offsets, *filt, part_f, part_i, cand_z,
-                    cand_i, V, **has, CAPC=capc, CHUNK=chunk, BLOCK=block, config=config)
+                    cand_i, counts, V, **has, CAPC=capc, NCOUNT=COUNT_SLOTS, CHUNK=chunk, BLOCK=block, config=config)
     lp = logprobs_out if logprobs_out is not None else row_f
     _filter_finish_kernel[(B,)](logits, logits.stride(0), part_f, part_i, cand_z, cand_i, win_z, win_i,
-                                temperature, seeds, offsets, *filt, out, lp, row_f, state, bf, bi, V, C, **flags,
-                                CAPC=capc, CPAD=next_pow2(C),
-                                NCAND=ncand, NWIN=nwin, DMAX=DMAX, NRSCHED=NRSCHED,
-                                SBINS=next_pow2(NRSCHED + 1), NSMALL=min(NSMALL, nwin), num_warps=8)
+                                temperature, seeds, offsets, *filt, out, lp, row_f, state, bf, bi, counts, V, C,
+                                **flags, CAPC=capc, CPAD=next_pow2(C), NCAND=ncand, NWIN=nwin, DMAX=DMAX,
+                                NRSCHED=NRSCHED, SBINS=next_pow2(NRSCHED + 1), NSMALL=min(NSMALL, nwin), num_warps=8)
     if force_general:
-        reset_brackets(state, row_f, bf, bi)
-    draw_pending(logits, temperature, seeds, offsets, filt, flags, row_f, state, bf, bi, win_z, out, lp)
+        reset_brackets(state, row_f, bf, bi, counts)
+    draw_pending(logits, temperature, seeds, offsets, filt, flags, row_f, state, bf, bi, counts, win_z, out, lp)
     return out
