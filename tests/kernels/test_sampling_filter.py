@@ -14,6 +14,7 @@ import tritium
 from tritium.kernels import sampling as S
 from tritium.kernels import sampling_bracket as B_
 from tritium.kernels import sampling_filter as F
+from tritium.kernels import sampling_items as I_
 from tritium.kernels.sampling import sample, sample_probs_ref
 from tritium.kernels.sampling_threshold import keep_mask_ref
 from sampling_cases import CHI2_CRIT, DEV, GPU, chi_square, filters, masked_plain, params, peaked_bf16, scaled
@@ -124,6 +125,7 @@ def test_candidate_windows_and_general_path(monkeypatch):
     monkeypatch.setattr(F, "FILTER_CHUNK", 64)
     monkeypatch.setattr(F, "NWIN", 32)
     monkeypatch.setattr(B_, "ROUND_CHUNK", 64)  # ten work items per pending row
+    monkeypatch.setattr(B_, "DRAW_SMALL", 8)  # bracket windows sorted on the narrow tile and on the wide one
     B, V = 6, 600
     g = torch.Generator().manual_seed(5)
     x = torch.randn(B, V, generator=g) * 0.3  # flat rows: large nuclei, left to the general kernel
@@ -143,7 +145,7 @@ def test_candidate_windows_and_general_path(monkeypatch):
     for rounds, programs, paths in ((B_.ROUNDS, 4, [0, 0, 1, 1, 1, 1]), (B_.ROUNDS, 16, [0, 0, 1, 1, 1, 1]),
                                     (0, 4, [0, 0, 1, 2, 2, 2])):
         monkeypatch.setattr(B_, "ROUNDS", rounds)
-        monkeypatch.setattr(B_, "INTERPRET_PROGRAMS", programs)
+        monkeypatch.setattr(I_, "INTERPRET_PROGRAMS", programs)
         F.sample_filtered(x, t, seeds, offs, kw["top_k"], kw["top_p"], kw["min_p"], tok, lp, state=state)
         assert state.tolist() == paths
         assert torch.equal(tok, want)

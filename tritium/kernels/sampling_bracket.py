@@ -6,9 +6,10 @@ holds: count(z >= v) >= k_on or mass(z >= v) >= mass_on (both fall as v rises).
 A pending row keeps a bracket [lo, hi): the predicate holds at lo and fails at hi (hi = +inf at first, lo the
 row's smallest finite z), with n_hi tokens of mass m_hi at or above hi. Each round is one launch of a
 persistent grid (a few programs per SM) whose programs take the work items (pending row, G consecutive
-CHUNKs of it) in turn: one pending row spreads over V / CHUNK programs (G = 1), many pending rows give each
-program a few long items (G grows only when the items outnumber the grid), and a launch with none pending
-costs one vector load of the row phases per program. An item loads its chunk (held in registers), the row
+CHUNKs of it; sampling_items.py) in turn: one pending row spreads over V / CHUNK programs (G = 1), many
+pending rows give each program a few long items (G grows only when the items outnumber the grid). Each launch
+counts the rows the next one works on (atomically; the candidate pass zeroes the counts), so programs
+without an item leave after one load. An item loads its chunk (held in registers), the row
 state and the previous round's counts all at once, then:
 1. merges the previous round: sums its per-chunk counts and masses at NP probes, spread evenly over
    [lo, min(hi, max z)] (the first at lo, the last at the top); the predicate holds at the first a probes,
@@ -19,11 +20,9 @@ state and the previous round's counts all at once, then:
 The last launch only merges and gathers; a row still too wide (huge ties, or more rounds needed) is left
 to the exact sequential kernel of sampling_threshold.py. Phases per row: 0 bracket set, 1 partials
 written, 2 window gathered, 3 left to the sequential kernel, 4 finished earlier (not pending).
-Then _bracket_draw_kernel, the same grid over the rows in phase 2: sorts the window (walk_window) for v*,
+Then _bracket_draw_kernel, the same grid over the rows in phase 2: sorts the window (walk_values) for v*,
 applies min-p, and scans its chunks for the Gumbel-max winner among z >= thr (the plain path's scan);
 sampling's merge kernel picks the row's winner.
-Counts of the rows each launch works on (counted atomically by the launch before; the candidate pass zeroes
-them) let the programs without an item leave before listing the rows.
 State buffers are double: round r reads one and writes the other, as other programs of the same launch
 may still be reading the state of the previous round (program 0 carries the other rows' state over).
 """
@@ -35,10 +34,10 @@ import triton.language as tl
 
 from tritium.autotune import next_pow2
 from tritium.kernels import sampling_threshold as th
-from tritium.kernels.gumbel import first_block, scan_chunk
+from tritium.kernels.gumbel import NEG, first_block, scan_chunk
 from tritium.kernels.sampling import _sample_merge_kernel
-from tritium.kernels.sampling_threshold import predicate_bounds, row_params, threshold, walk_window
-from tritium.platform import INTERPRET
+from tritium.kernels.sampling_items import PHASE_DONE, item_chunks, items_per_row, phases, programs, rows_in_phase
+from tritium.kernels.sampling_threshold import predicate_bounds, row_params, threshold, walk_values
 
 NPROBES = 8  # probes per round: the bracket narrows ~7x per round (16 probes cost ~2x as much per round)
 ROUNDS = 4  # rounds that probe; then one more launch that only merges and gathers
@@ -47,9 +46,7 @@ ROUND_CHUNK = 2048  # tokens per work item of the rounds and the draw (74 items 
 PROBE_GROUP = 4  # probes compared at once: [PROBE_GROUP, ROUND_CHUNK] per step
 ROUND_WARPS = 4
 DRAW_BLOCK = 1024  # tokens per loop step of the draw
-PROGRAMS_PER_SM = 4  # the persistent grid
-INTERPRET_PROGRAMS = 4  # the interpreter's grid: its cost is per program
-PHASE_DONE = tl.constexpr(4)  # rows finished by the candidate window (written by the finishing kernel)
+DRAW_SMALL = 256  # bracket windows of at most this many values are sorted on a tile this wide
 
 
 @triton.jit
@@ -63,21 +60,6 @@ def init_bracket(bf_ptr, bi_ptr, row, B, done, lo):
     tl.store(bf_ptr + row * 4, lo)
     tl.store(bf_ptr + row * 4 + 1, float("inf"))
     tl.store(bf_ptr + row * 4 + 2, 0.0)
-
-
-@triton.jit
-def _phases(bi_ptr, B, BPAD: tl.constexpr):
-    # [BPAD] every row's phase (bi [B, 4], entry 0; PHASE_DONE past B)
-    b = tl.arange(0, BPAD)
-    return tl.load(bi_ptr + b * 4, mask=b < B, other=PHASE_DONE)
-
-
-@triton.jit
-def _rows_in_phase(ph, PH_MIN: tl.constexpr, PH_MAX: tl.constexpr, BPAD: tl.constexpr):
-    """The rows whose phase (from _phases) lies in [PH_MIN, PH_MAX]: (row ids, selected, rank among the
-    selected, their number), from which _items and _item_chunks lay out the work items."""
-    sel = (ph >= PH_MIN) & (ph <= PH_MAX)
-    return tl.arange(0, BPAD), sel, tl.cumsum(sel.to(tl.int32), 0) - 1, tl.sum(sel.to(tl.int32))
 
 
 @triton.jit
@@ -181,25 +163,6 @@ def _round_item(logits_ptr, stride_row, temp_ptr, topk_ptr, topp_ptr, minp_ptr, 
 
 
 @triton.jit
-def _items(n, C):
-    """Work items for n rows of C chunks on this grid: G consecutive chunks per item, G the fewest that keep
-    the items no more than the programs (one item each; with n above the grid, one row each in turn).
-    Returns (items per row, G). The chunking itself never changes, only which program takes which chunk, so
-    no sum depends on the batch."""
-    per_row = tl.minimum(tl.maximum(tl.num_programs(0) // tl.maximum(n, 1), 1), C)
-    g = (C + per_row - 1) // per_row
-    return (C + g - 1) // g, g
-
-
-@triton.jit
-def _item_chunks(rows, sel, rank, item, per_row, g, C):
-    """Work item `item`'s row (the selected row of rank item // per_row) and its chunks [c0, c1)."""
-    row = tl.sum(tl.where(sel & (rank == item // per_row), rows, 0)).to(tl.int64)
-    c0 = item % per_row * g
-    return row, c0, tl.minimum(c0 + g, C)
-
-
-@triton.jit
 def _bracket_round_kernel(
     logits_ptr,  # [B, V] fp32/bf16/fp16
     stride_row,
@@ -221,22 +184,22 @@ def _bracket_round_kernel(
     # The phases, the pending count and (program 0, which carries the rows not pending into the other
     # buffer) every row's state are fetched at once; programs without an item then leave (listing the rows
     # costs each program ~1.5 us).
-    ph = _phases(bi_in_ptr, B, BPAD)
+    ph = phases(bi_in_ptr, B, BPAD)
     n_count = tl.load(count_ptr)
     rows = tl.arange(0, BPAD)
     e = rows[:, None] * 4 + tl.arange(0, 4)[None, :]
     first = (rows < B)[:, None] & (tl.program_id(0) == 0)
     old_f = tl.load(bf_in_ptr + e, mask=first)
     old_i = tl.load(bi_in_ptr + e, mask=first)
-    if (tl.program_id(0) > 0) & (tl.program_id(0) >= n_count * _items(n_count, C)[0]):
+    if (tl.program_id(0) > 0) & (tl.program_id(0) >= n_count * items_per_row(n_count, C)[0]):
         return
-    rows, sel, rank, n = _rows_in_phase(ph, 0, 1, BPAD)
+    rows, sel, rank, n = rows_in_phase(ph, 0, 1, BPAD)
     keep = first & ~sel[:, None]
     tl.store(bf_out_ptr + e, old_f, mask=keep)
     tl.store(bi_out_ptr + e, old_i, mask=keep)
-    per_row, g = _items(n, C)
+    per_row, g = items_per_row(n, C)
     for item in range(tl.program_id(0), n * per_row, tl.num_programs(0)):
-        row, c0, c1 = _item_chunks(rows, sel, rank, item, per_row, g, C)
+        row, c0, c1 = item_chunks(rows, sel, rank, item, per_row, g, C)
         _round_item(logits_ptr, stride_row, temp_ptr, topk_ptr, topp_ptr, minp_ptr, row_f_ptr, bf_in_ptr, bi_in_ptr,
                     bf_out_ptr, bi_out_ptr, cnt_in_ptr, mass_in_ptr, cnt_out_ptr, mass_out_ptr, win_ptr,
                     count_next_ptr, count_draw_ptr, row, c0, c1, V, C, HAS_K, HAS_P, HAS_MINP, LAST, CHUNK, NP, PG,
@@ -258,15 +221,16 @@ def _bracket_draw_kernel(
     B, V, C,
     HAS_K: tl.constexpr, HAS_P: tl.constexpr, HAS_MINP: tl.constexpr, LOGPROBS: tl.constexpr,
     CHUNK: tl.constexpr, BLOCK: tl.constexpr, NWIN: tl.constexpr, BPAD: tl.constexpr,
+    NSMALL: tl.constexpr,  # <= NWIN
 ):
-    ph = _phases(bi_ptr, B, BPAD)  # (fetched beside the count)
+    ph = phases(bi_ptr, B, BPAD)  # (fetched beside the count)
     n_count = tl.load(count_ptr)
-    if tl.program_id(0) >= n_count * _items(n_count, C)[0]:
+    if tl.program_id(0) >= n_count * items_per_row(n_count, C)[0]:
         return
-    rows, sel, rank, n = _rows_in_phase(ph, 2, 2, BPAD)
-    per_row, g = _items(n, C)
+    rows, sel, rank, n = rows_in_phase(ph, 2, 2, BPAD)
+    per_row, g = items_per_row(n, C)
     for item in range(tl.program_id(0), n * per_row, tl.num_programs(0)):
-        row, c0, c1 = _item_chunks(rows, sel, rank, item, per_row, g, C)
+        row, c0, c1 = item_chunks(rows, sel, rank, item, per_row, g, C)
         row_ptr = logits_ptr + row * stride_row
         x = first_block(row_ptr, c0 * CHUNK, tl.minimum(c0 * CHUNK + CHUNK, V), BLOCK)  # fetched beside the window
         t, k, p, mp = row_params(temp_ptr, topk_ptr, topp_ptr, minp_ptr, row, HAS_K, HAS_P, HAS_MINP)
@@ -275,8 +239,19 @@ def _bracket_draw_kernel(
         lo = tl.load(bf_ptr + row * 4)
         seed = tl.load(seed_ptr + row)
         step = tl.load(step_ptr + row)
-        vstar = walk_window(win_ptr + row * NWIN, tl.load(bi_ptr + row * 4 + 2), tl.load(bi_ptr + row * 4 + 1),
-                            tl.load(bf_ptr + row * 4 + 2), big, k_on, mass_on, NWIN)
+        # the window's slots are read whole (those past n_win masked after), beside its size; a window of at
+        # most NSMALL values is sorted on a tile that wide (sorting 512 slots costs ~3 us)
+        w_all = tl.load(win_ptr + row * NWIN + tl.arange(0, NWIN))
+        w_small = tl.load(win_ptr + row * NWIN + tl.arange(0, NSMALL))
+        n_win = tl.load(bi_ptr + row * 4 + 2)
+        n_hi = tl.load(bi_ptr + row * 4 + 1)
+        m_hi = tl.load(bf_ptr + row * 4 + 2)
+        if n_win <= NSMALL:
+            vstar = walk_values(tl.where(tl.arange(0, NSMALL) < n_win, w_small, NEG), n_win, n_hi, m_hi, big, k_on,
+                                mass_on, NSMALL)
+        else:
+            vstar = walk_values(tl.where(tl.arange(0, NWIN) < n_win, w_all, NEG), n_win, n_hi, m_hi, big, k_on,
+                                mass_on, NWIN)
         thr = threshold(tl.maximum(vstar, lo), k, p, mp, big)
         sampled = t > 0
         inv_t = 1.0 / tl.where(sampled, t, 1.0)
@@ -306,13 +281,6 @@ def reset_brackets(state, row_f, bf, bi, counts) -> None:
     bf[0, :, 2] = 0.0
 
 
-def _programs(device, items: int) -> int:
-    """The persistent grid: a few programs per SM (a few in all under the interpreter), never more than items."""
-    if INTERPRET:
-        return max(1, min(items, INTERPRET_PROGRAMS))
-    return max(1, min(items, PROGRAMS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count))
-
-
 def draw_pending(logits, temperature, seeds, offsets, filt, flags, row_f, state, bf, bi, counts, win, out, lp):
     """Bracket rounds, draw and merge for rows in phase 0 (pending), then the sequential kernel for the rows
     left over. filt: the (top_k, top_p, min_p) tensors (dummies where off); flags: HAS_K, HAS_P, HAS_MINP,
@@ -323,7 +291,7 @@ def draw_pending(logits, temperature, seeds, offsets, filt, flags, row_f, state,
     C = -(-V // chunk)
     nwin = win.shape[1]
     has = {k: flags[k] for k in ("HAS_K", "HAS_P", "HAS_MINP")}
-    grid = (_programs(logits.device, B * C),)
+    grid = (programs(logits.device, B * C),)
     assert counts.numel() >= ROUNDS + 2, "COUNT_SLOTS must cover every round launch and the draw"
     cnt = torch.empty((2, B, C, NPROBES), dtype=torch.int32, device=logits.device)
     mass = torch.empty((2, B, C, NPROBES), dtype=torch.float32, device=logits.device)
@@ -339,7 +307,7 @@ def draw_pending(logits, temperature, seeds, offsets, filt, flags, row_f, state,
     part_i = torch.empty((B, C), dtype=torch.int32, device=logits.device)
     _bracket_draw_kernel[grid](logits, logits.stride(0), temperature, seeds, offsets, *filt, row_f, bf[fin], bi[fin],
                                win, part_f, part_i, counts[ROUNDS + 1:], B, V, C, **flags, CHUNK=chunk,
-                               BLOCK=min(DRAW_BLOCK, chunk), NWIN=nwin, BPAD=next_pow2(B), num_warps=4)
+                               BLOCK=min(DRAW_BLOCK, chunk), NWIN=nwin, NSMALL=min(DRAW_SMALL, nwin), BPAD=next_pow2(B), num_warps=4)
     _sample_merge_kernel[(B,)](part_f, part_i, logits, logits.stride(0), temperature, out, lp, C,
                                STATS=flags["LOGPROBS"], CPAD=next_pow2(C), gate_ptr=bi[fin], GATE=2)
     th._filter_general_kernel[(B,)](logits, logits.stride(0), temperature, seeds, offsets, *filt, row_f, bi[fin],
