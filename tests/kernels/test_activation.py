@@ -38,7 +38,7 @@ def test_matches_transformers_activation():
 @pytest.mark.parametrize("config", CONFIGS + [INTERPRET_CONFIG], ids=config_id)
 @pytest.mark.parametrize("dtype", CPU_DTYPES)
 def test_every_config(config, dtype):
-    # 5 rows x 1000 columns: partial tiles along both axes for every config
+    # 5 rows x 1000 columns: 5000 outputs, a partial last block and rows spanning programs for every config
     x = randn(5, 2000, dtype=dtype, scale=3.0)
     out = torch.empty(5, 1100, dtype=dtype)[:, :1000]
     assert silu_and_mul(x, out=out, config=config) is out
@@ -46,10 +46,11 @@ def test_every_config(config, dtype):
 
 
 @pytest.mark.parametrize("dtype", CPU_DTYPES)
-def test_interpreter_config_over_several_tiles(dtype):
-    # The interpreter's widest tiles: 3 row tiles (the last partial) x 2 column tiles, strided in and out.
-    t, f = 2 * INTERPRET_CONFIG.kwargs["BLOCK_T"] + 5, 1100
-    assert INTERPRET_CONFIG.kwargs["BLOCK_F"] < f <= 2 * INTERPRET_CONFIG.kwargs["BLOCK_F"]
+def test_interpreter_config_over_several_blocks(dtype):
+    # The interpreter's widest blocks: 3 programs (the last partial), rows spanning programs, strided in and out.
+    xb, f = INTERPRET_CONFIG.kwargs["XBLOCK"], 1100
+    t = 2 * xb // f + 5
+    assert 2 * xb < t * f < 3 * xb
     x = randn(t, 2 * f + 8, dtype=dtype, scale=3.0)[:, 4 : 4 + 2 * f]
     out = torch.empty(t, f + 20, dtype=dtype)[:, 10 : 10 + f]
     assert silu_and_mul(x, out=out, config=INTERPRET_CONFIG) is out
@@ -90,6 +91,15 @@ def test_gpu_bf16(inter, tokens):
     assert_close(silu_and_mul(x), ref, dt)
     for config in CONFIGS:
         assert_close(silu_and_mul(x, config=config), ref, dt)
+    # strided rows in and out (row strides not multiples of 16 elements, unaligned bases)
+    xs = randn(tokens, 2 * inter + 8, dtype=dt, device="cuda", scale=2.0)[:, 4 : 4 + 2 * inter]
+    buf = torch.full((tokens, inter + 20), -7.0, dtype=dt, device="cuda")
+    out = buf[:, 10 : 10 + inter]
+    ref = silu_and_mul_ref(xs).float()
+    for config in CONFIGS:
+        assert silu_and_mul(xs, out=out, config=config) is out
+        assert_close(out, ref, dt)
+    assert (buf[:, :10] == -7.0).all() and (buf[:, 10 + inter :] == -7.0).all()
 
 
 @pytest.mark.gpu
@@ -107,28 +117,32 @@ def test_gpu_in_cuda_graph():
     assert_close(out, silu_and_mul_ref(x).float(), dt)
 
 
-# ---- mask-free tiles: EVEN_N (F % BLOCK_F == 0) and EVEN_ROWS (T % BLOCK_T == 0), both branches, every config ----
+# ---- mask-free blocks: EVEN (T * F % XBLOCK == 0), both branches, every config ----
+
+def _shapes(xb):
+    """(T, F) pairs over which every config sees both EVEN branches, with rows that span programs
+    (F = 3/4 XBLOCK, F = XBLOCK + 24), rows split evenly over programs (F = 2 XBLOCK) and many short rows
+    per program (F = 8, 3)."""
+    return [(4, 3 * xb // 4), (5, 3 * xb // 4), (3, 2 * xb), (3, xb + 24), (xb // 4, 8), (xb // 4 + 1, 3)]
+
 
 @pytest.mark.parametrize("config", CONFIGS + [INTERPRET_CONFIG], ids=config_id)
 @pytest.mark.parametrize("dtype", CPU_DTYPES)
-def test_every_config_even_and_ragged_tiles(config, dtype):
-    bt, bf = config.kwargs["BLOCK_T"], config.kwargs["BLOCK_F"]
+def test_every_config_even_and_ragged_blocks(config, dtype):
+    xb = config.kwargs["XBLOCK"]
     seen = set()
-    for t in (2 * bt, 2 * bt + 1):  # full row tiles / a partial last one
-        for f in (2 * bf, bf + 24):  # full column tiles / a partial last one (F not a power of two)
-            seen.add((HEURISTICS["EVEN_N"]({"n_cols": f, "BLOCK_F": bf}),
-                      HEURISTICS["EVEN_ROWS"]({"n_rows": t, "BLOCK_T": bt})))
-            g = torch.Generator().manual_seed(t * 10000 + f)
-            x = randn(t, 2 * f + 6, dtype=dtype, scale=3.0, generator=g)[:, 2 : 2 + 2 * f]  # strided rows
-            buf = torch.full((t + 4, f + 8), -7.0, dtype=dtype)  # guard rows/columns around the output
-            out = buf[2 : 2 + t, 4 : 4 + f]
-            assert silu_and_mul(x, out=out, config=config) is out
-            assert_close(out, silu_and_mul_ref(x).float(), dtype)
-            guard = torch.ones_like(buf, dtype=torch.bool)
-            guard[2 : 2 + t, 4 : 4 + f] = False
-            assert (buf[guard] == -7.0).all(), "a store left the output view"
-    expected = {(True, True), (False, True)} | ({(True, False), (False, False)} if bt > 1 else set())
-    assert seen == expected, "both branches of each flag (BLOCK_T = 1 tiles are always full)"
+    for t, f in _shapes(xb):
+        seen.add(HEURISTICS["EVEN"]({"n_out": t * f, "XBLOCK": xb}))
+        g = torch.Generator().manual_seed(t * 10000 + f)
+        x = randn(t, 2 * f + 6, dtype=dtype, scale=3.0, generator=g)[:, 2 : 2 + 2 * f]  # strided rows
+        buf = torch.full((t + 4, f + 8), -7.0, dtype=dtype)  # guard rows/columns around the output
+        out = buf[2 : 2 + t, 4 : 4 + f]
+        assert silu_and_mul(x, out=out, config=config) is out
+        assert_close(out, silu_and_mul_ref(x).float(), dtype)
+        guard = torch.ones_like(buf, dtype=torch.bool)
+        guard[2 : 2 + t, 4 : 4 + f] = False
+        assert (buf[guard] == -7.0).all(), "a store left the output view"
+    assert seen == {True, False}, "both branches of EVEN"
 
 
 def test_64_bit_index_path_matches(monkeypatch):
@@ -143,8 +157,8 @@ def test_64_bit_index_path_matches(monkeypatch):
 
 
 def _check_bit_identical_to_masked(tokens, f, dtype, device):
-    """Mask-free (and 32-bit indexed) tiles give exactly the bits of the fully masked 64-bit kernel,
-    launched directly so the heuristics cannot drop the masks."""
+    """Mask-free (and 32-bit indexed) blocks give exactly the bits of the fully masked 64-bit kernel,
+    launched directly so the heuristic cannot drop the mask."""
     import triton
 
     from tritium.autotune import next_pow2
@@ -154,17 +168,17 @@ def _check_bit_identical_to_masked(tokens, f, dtype, device):
     for config in CONFIGS:
         y = silu_and_mul(x, config=config)
         y0 = torch.empty_like(y)
-        grid = (triton.cdiv(tokens, config.kwargs["BLOCK_T"]), triton.cdiv(f, config.kwargs["BLOCK_F"]))
-        _silu_and_mul_kernel[grid](
-            x, y0, tokens, f, next_pow2(tokens), x.stride(0), y0.stride(0),
-            EVEN_N=False, EVEN_ROWS=False, OFFS_64=True, **config.all_kwargs(),
+        _silu_and_mul_kernel[(triton.cdiv(tokens * f, config.kwargs["XBLOCK"]),)](
+            x, y0, tokens * f, next_pow2(tokens), x.stride(0), y0.stride(0),
+            F=f, EVEN=False, OFFS_64=True, **config.all_kwargs(),
         )
         assert torch.equal(y, y0), config
 
 
 @pytest.mark.parametrize("dtype", CPU_DTYPES)
 def test_bit_identical_to_masked_kernel(dtype):
-    _check_bit_identical_to_masked(8, 2048, dtype, "cpu")
+    _check_bit_identical_to_masked(8, 2048, dtype, "cpu")  # EVEN for every config
+    _check_bit_identical_to_masked(4, 384, dtype, "cpu")  # EVEN for XBLOCK 512 only, rows spanning programs
     _check_bit_identical_to_masked(5, 1100, dtype, "cpu")
 
 
