@@ -4,7 +4,9 @@
 - top-p flat: top_p = 0.9 on flat logits (nucleus of ~10^5 tokens), the general kernel's slow path.
 Bytes: one read of the logits. Peers: the PyTorch recipe (softmax, exponential_, argmax of probs / noise;
 for top-p with a sort, cumsum and mask first), eager and torch.compile. Inputs are rotated past the L2 and
-batches <= 256 are timed inside a CUDA graph (rowbench.measure).
+batches <= 256 are timed inside a CUDA graph (rowbench.measure). The input sets are seeded, so every run times
+the same rows: a top-p time depends on how many rows the candidate window leaves to the bracket rounds
+(printed per set).
 Knobs (environment): TRITIUM_BENCH_SAMPLING_BATCHES="1,256", TRITIUM_BENCH_SAMPLING_MODES="temperature,top-p",
 TRITIUM_BENCH_NO_COMPILE=1.
 """
@@ -16,6 +18,7 @@ import torch
 
 from benchmarks.kernels import rowbench as rb
 from tritium.kernels.sampling import sample
+from tritium.kernels.sampling_filter import sample_filtered
 
 VOCAB = 151_936
 BATCHES = [int(b) for b in os.environ.get("TRITIUM_BENCH_SAMPLING_BATCHES", "1,64,256,512").split(",")]
@@ -44,6 +47,13 @@ def _logits(b, dtype, mode):
     return x.to(dtype)
 
 
+def _pending(x, t, seeds, offs, p) -> int:
+    """Rows of x the candidate window leaves to the bracket rounds (or the sequential kernel) at top-p p."""
+    state = torch.empty(x.shape[0], dtype=torch.int32, device=x.device)
+    sample_filtered(x, t, seeds, offs, None, p, None, torch.empty_like(seeds), None, state=state)
+    return int((state > 0).sum())
+
+
 def run(ceilings) -> list:
     rows = []
     for mode in MODES:
@@ -61,9 +71,12 @@ def run(ceilings) -> list:
                     ours = lambda x, t=t, s=seeds, o=offs, p=p, out=out: sample(  # noqa: E731
                         x, t, s, o, top_p=p, out=out)
                     ref = lambda x, t=t, p=p: torch_sample_top_p(x, t, p)  # noqa: E731
-                rows.append(rb.measure(
-                    f"sample {mode}", f"{name} {b}x{VOCAB}", b,
-                    lambda b=b, dtype=dtype, mode=mode: (_logits(b, dtype, mode),),
-                    ours, ref, n_bytes=b * VOCAB * dtype.itemsize,
-                ))
+                make = lambda b=b, dtype=dtype, mode=mode: (_logits(b, dtype, mode),)  # noqa: E731
+                n_bytes = b * VOCAB * dtype.itemsize
+                if mode != "temperature":
+                    torch.manual_seed(b)
+                    pending = [_pending(x, t, seeds, offs, p) for (x,) in rb.input_sets(make, n_bytes)]
+                    print(f"  {mode} {name} {b}: rows past the candidate window, per input set: {pending}")
+                torch.manual_seed(b)  # the same input sets in every run (top-p's time depends on them)
+                rows.append(rb.measure(f"sample {mode}", f"{name} {b}x{VOCAB}", b, make, ours, ref, n_bytes=n_bytes))
     return rows
