@@ -173,15 +173,19 @@ def test_gpu_cuda_graph_replay_matches_eager():
     x = peaked_bf16(B, seed=2)
     t, seeds, offs = params(B, temp=[0.0, 0.8] * (B // 2), device=GPU)
     kw = {k: v for k, v in filters(B, k=20, p=0.9, device=GPU).items() if v is not None}
-    for fkw in ({}, kw):
+    # flat rows under top-p: every row passes the candidate window, so the replays run the bracket rounds,
+    # whose pending-row counts each call must reset
+    flat = (torch.randn(B, VOCAB, device=GPU) * 0.5).to(GPU_DTYPE)
+    kw_flat = {k: v for k, v in filters(B, p=0.9, device=GPU).items() if v is not None}
+    for rows, fkw in ((x, {}), (x, kw), (flat, kw_flat)):
         out, lp = torch.empty(B, dtype=torch.int64, device=GPU), torch.empty(B, device=GPU)
-        sample(x, t, seeds, offs, out=out, logprobs_out=lp, **fkw)  # tune before capture
+        sample(rows, t, seeds, offs, out=out, logprobs_out=lp, **fkw)  # tune before capture
         g = torch.cuda.CUDAGraph()
         with torch.cuda.graph(g):
-            sample(x, t, seeds, offs, out=out, logprobs_out=lp, **fkw)
+            sample(rows, t, seeds, offs, out=out, logprobs_out=lp, **fkw)
         for step in range(3):
             offs.add_(1)
             g.replay()
             lp_eager = torch.empty_like(lp)
-            assert torch.equal(out, sample(x, t, seeds, offs, logprobs_out=lp_eager, **fkw))
+            assert torch.equal(out, sample(rows, t, seeds, offs, logprobs_out=lp_eager, **fkw))
             torch.testing.assert_close(lp, lp_eager)
