@@ -5,8 +5,8 @@ The top-p time at a batch depends on how many rows pass the candidate window (sa
 bracket rounds (sampling_bracket.py). This finds inputs of the benchmark's kind (bench_sampling._logits: a normal
 bulk and a few strong tokens per row) with each asked-for pending count, then prints each kernel's device time
 in launch order and their sum (the fastest of a few calls). --set overrides, before the run, a constant that
-a launcher in tritium.kernels reads (not a jit global), e.g. --set sampling_items.PROGRAMS_PER_SM=2
---set sampling_bracket.NPROBES=16: variants compare on one card, one call per variant.
+a launcher in tritium.kernels reads (not a jit global), e.g. --set sampling_items.PROGRAMS_PER_SM=2,
+--set sampling_bracket.NPROBES=16 or --set sampling_bracket.ROUND_MAXNREG=128: variants compare on one card.
 """
 import argparse
 import importlib
@@ -33,7 +33,8 @@ def apply_overrides(settings):
         mod = importlib.import_module(f"tritium.kernels.{module}")
         if not hasattr(mod, attr):
             sys.exit(f"--set {item}: tritium.kernels.{module} has no {attr}")
-        setattr(mod, attr, type(getattr(mod, attr))(value))
+        current = getattr(mod, attr)
+        setattr(mod, attr, int(value) if current is None else type(current)(value))  # None: an int option
 
 
 def find_inputs(b, dtype, wanted, t, seeds, offs, p):

@@ -45,6 +45,9 @@ COUNT_SLOTS = 8  # >= ROUNDS + 2: rows pending at each round launch, then at the
 ROUND_CHUNK = 2048  # tokens per work item of the rounds and the draw (74 items for a 151,936 row)
 PROBE_GROUP = 4  # probes compared at once: [PROBE_GROUP, ROUND_CHUNK] per step
 ROUND_WARPS = 4
+# Register cap of the round kernel (None: the compiler's choice). Uncapped it takes 195 registers (ptxas, sm_90),
+# so 2 of the PROGRAMS_PER_SM = 4 programs per SM are resident; 128 fits 4 with ~60 bytes of spills (untimed).
+ROUND_MAXNREG = None
 DRAW_BLOCK = 1024  # tokens per loop step of the draw
 DRAW_SMALL = 256  # bracket windows of at most this many values are sorted on a tile this wide
 
@@ -295,13 +298,14 @@ def draw_pending(logits, temperature, seeds, offsets, filt, flags, row_f, state,
     assert counts.numel() >= ROUNDS + 2, "COUNT_SLOTS must cover every round launch and the draw"
     cnt = torch.empty((2, B, C, NPROBES), dtype=torch.int32, device=logits.device)
     mass = torch.empty((2, B, C, NPROBES), dtype=torch.float32, device=logits.device)
+    cap = {} if ROUND_MAXNREG is None else {"maxnreg": ROUND_MAXNREG}
     for r in range(ROUNDS + 1):
         i, o = r % 2, (r + 1) % 2
         _bracket_round_kernel[grid](
             logits, logits.stride(0), temperature, *filt, row_f, bf[i], bi[i], bf[o], bi[o], cnt[i], mass[i],
             cnt[o], mass[o], win, counts[r:], counts[r + 1:], counts[ROUNDS + 1:], B, V, C, **has, LAST=r == ROUNDS,
             CHUNK=chunk, NP=NPROBES,
-            PG=PROBE_GROUP, CPAD=next_pow2(C), NWIN=nwin, BPAD=next_pow2(B), num_warps=ROUND_WARPS)
+            PG=PROBE_GROUP, CPAD=next_pow2(C), NWIN=nwin, BPAD=next_pow2(B), num_warps=ROUND_WARPS, **cap)
     fin = (ROUNDS + 1) % 2
     part_f = torch.empty((B, C, 3), dtype=torch.float32, device=logits.device)
     part_i = torch.empty((B, C), dtype=torch.int32, device=logits.device)
