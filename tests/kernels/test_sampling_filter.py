@@ -21,9 +21,14 @@ from sampling_cases import CHI2_CRIT, DEV, GPU, chi_square, filters, masked_plai
 
 
 @pytest.mark.parametrize("cfg", F.FILTER_CONFIGS, ids=tritium.autotune.config_id)
-def test_every_filter_config_draws_the_same(cfg):
-    B, V = 4, 3000  # two blocks per lane, the second ragged
-    x = (torch.randn(B, V) * 3).to(DEV)
+def test_every_filter_config_draws_the_same(cfg, monkeypatch):
+    # 16 lanes, 128-token chunks: eight full blocks per chunk (every block fetched ahead), a ragged last chunk
+    monkeypatch.setattr(F, "FILTER_BLOCK", 16)
+    monkeypatch.setattr(F, "FILTER_CHUNK", 128)
+    B, V = 4, 3000
+    x = torch.randn(B, V) * 3
+    x[torch.arange(B), torch.tensor([2500, 1234, 77, 2999])] += 12  # strong tokens in late blocks and the tail
+    x = x.to(DEV)
     t, seeds, offs = params(B, temp=[0.8, 0.0, 1.0, 0.6])
     kw = filters(B, k=[0, 4, 20, 0], p=[0.9, 1.0, 0.8, 1.0], mp=[0.0, 0.0, 0.05, 0.2])
     tok = sample(x, t, seeds, offs, config=cfg, **kw)
@@ -118,6 +123,18 @@ def test_filtered_equals_plain_on_reference_kept_set(case):
     assert torch.equal(tok_g, tok)
 
 
+def test_tiny_vocabularies_through_the_bracket():
+    # chunks of 1-2 tokens: the draw's [BLOCK // 4, 4] tile still has a row
+    for V in (1, 2, 3):
+        x = torch.randn(3, V).to(DEV)
+        t, seeds, offs = params(3, temp=[1.0, 0.0, 0.7])
+        kw = filters(3, p=[0.9, 0.5, 0.99])
+        want = masked_plain(x, t, seeds, offs, keep_mask_ref(scaled(x, t), **kw))
+        tok = torch.full((3,), -1, dtype=torch.int64, device=DEV)
+        F.sample_filtered(x, t, seeds, offs, None, kw["top_p"], None, tok, None, force_general=True)
+        assert torch.equal(tok, want)
+
+
 def test_candidate_windows_and_general_path(monkeypatch):
     # small lanes, chunks and windows so that multi-token lanes, ten chunks, the row window, ties at the
     # top and the general kernel all occur at V = 600
@@ -125,7 +142,7 @@ def test_candidate_windows_and_general_path(monkeypatch):
     monkeypatch.setattr(F, "FILTER_CHUNK", 64)
     monkeypatch.setattr(F, "NWIN", 32)
     monkeypatch.setattr(B_, "ROUND_CHUNK", 64)  # ten work items per pending row
-    monkeypatch.setattr(B_, "DRAW_SMALL", 8)  # bracket windows sorted on the narrow tile and on the wide one
+    monkeypatch.setattr(B_, "DRAW_SMALL", 16)  # windows of 11 to 29 values: narrow tile and wide one
     B, V = 6, 600
     g = torch.Generator().manual_seed(5)
     x = torch.randn(B, V, generator=g) * 0.3  # flat rows: large nuclei, left to the general kernel
@@ -146,11 +163,14 @@ def test_candidate_windows_and_general_path(monkeypatch):
                                     (0, 4, [0, 0, 1, 2, 2, 2])):
         monkeypatch.setattr(B_, "ROUNDS", rounds)
         monkeypatch.setattr(I_, "INTERPRET_PROGRAMS", programs)
+        tok.fill_(-1)  # a row no kernel draws must not pass on the previous iteration's token
+        lp.fill_(float("nan"))
         F.sample_filtered(x, t, seeds, offs, kw["top_k"], kw["top_p"], kw["min_p"], tok, lp, state=state)
         assert state.tolist() == paths
         assert torch.equal(tok, want)
         torch.testing.assert_close(lp, logp.gather(1, tok[:, None])[:, 0], atol=1e-5, rtol=1e-5)
     monkeypatch.setattr(F, "CAPC", 2)  # more lane maxima than slots: those chunks give no candidates
+    tok.fill_(-1)
     F.sample_filtered(x, t, seeds, offs, kw["top_k"], kw["top_p"], kw["min_p"], tok, None, state=state)
     assert torch.equal(tok, want)
 

@@ -194,7 +194,7 @@ def _bracket_round_kernel(
     first = (rows < B)[:, None] & (tl.program_id(0) == 0)
     old_f = tl.load(bf_in_ptr + e, mask=first)
     old_i = tl.load(bi_in_ptr + e, mask=first)
-    if (tl.program_id(0) > 0) & (tl.program_id(0) >= n_count * items_per_row(n_count, C)[0]):
+    if (tl.program_id(0) > 0) & (tl.program_id(0) >= n_count * C):  # (a bound that only grows with the count)
         return
     rows, sel, rank, n = rows_in_phase(ph, 0, 1, BPAD)
     keep = first & ~sel[:, None]
@@ -228,7 +228,7 @@ def _bracket_draw_kernel(
 ):
     ph = phases(bi_ptr, B, BPAD)  # (fetched beside the count)
     n_count = tl.load(count_ptr)
-    if tl.program_id(0) >= n_count * items_per_row(n_count, C)[0]:
+    if tl.program_id(0) >= n_count * C:
         return
     rows, sel, rank, n = rows_in_phase(ph, 2, 2, BPAD)
     per_row, g = items_per_row(n, C)
@@ -311,7 +311,8 @@ def draw_pending(logits, temperature, seeds, offsets, filt, flags, row_f, state,
     part_i = torch.empty((B, C), dtype=torch.int32, device=logits.device)
     _bracket_draw_kernel[grid](logits, logits.stride(0), temperature, seeds, offsets, *filt, row_f, bf[fin], bi[fin],
                                win, part_f, part_i, counts[ROUNDS + 1:], B, V, C, **flags, CHUNK=chunk,
-                               BLOCK=min(DRAW_BLOCK, chunk), NWIN=nwin, NSMALL=min(DRAW_SMALL, nwin), BPAD=next_pow2(B), num_warps=4)
+                               BLOCK=max(4, min(DRAW_BLOCK, chunk)), NWIN=nwin, NSMALL=min(DRAW_SMALL, nwin),
+                               BPAD=next_pow2(B), num_warps=4)
     _sample_merge_kernel[(B,)](part_f, part_i, logits, logits.stride(0), temperature, out, lp, C,
                                STATS=flags["LOGPROBS"], CPAD=next_pow2(C), gate_ptr=bi[fin], GATE=2)
     th._filter_general_kernel[(B,)](logits, logits.stride(0), temperature, seeds, offsets, *filt, row_f, bi[fin],
