@@ -18,9 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
-from benchmarks.kernels.bench_sampling import VOCAB, _logits  # noqa: E402
+from benchmarks.kernels.bench_sampling import VOCAB, _logits, _pending  # noqa: E402
 from tritium.kernels.sampling import sample  # noqa: E402
-from tritium.kernels.sampling_filter import sample_filtered  # noqa: E402
 
 CALLS = 5
 SEARCH = 400  # seeds tried per pending count
@@ -40,13 +39,10 @@ def apply_overrides(settings):
 def find_inputs(b, dtype, wanted, t, seeds, offs, p):
     """{pending count: logits} for the wanted counts, from seeded draws of the benchmark's logits."""
     found = {}
-    state = torch.empty(b, dtype=torch.int32, device="cuda")
-    out = torch.empty(b, dtype=torch.int64, device="cuda")
     for seed in range(SEARCH):
         torch.manual_seed(seed)
         x = _logits(b, dtype, "top-p")
-        sample_filtered(x, t, seeds, offs, None, p, None, out, None, state=state)
-        n = int((state > 0).sum())
+        n = _pending(x, t, seeds, offs, p)
         if n in wanted and n not in found:
             found[n] = x
         if len(found) == len(wanted):

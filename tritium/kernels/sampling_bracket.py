@@ -20,7 +20,7 @@ state and the previous round's counts all at once, then:
 The last launch only merges and gathers; a row still too wide (huge ties, or more rounds needed) is left
 to the exact sequential kernel of sampling_threshold.py. Phases per row: 0 bracket set, 1 partials
 written, 2 window gathered, 3 left to the sequential kernel, 4 finished earlier (not pending).
-Then _bracket_draw_kernel, the same grid over the rows in phase 2: sorts the window (walk_values) for v*,
+Then _bracket_draw_kernel, the same grid over the rows in phase 2: sorts the window (walk_window) for v*,
 applies min-p, and scans its chunks for the Gumbel-max winner among z >= thr (the plain path's scan);
 sampling's merge kernel picks the row's winner.
 State buffers are double: round r reads one and writes the other, as other programs of the same launch
@@ -34,10 +34,10 @@ import triton.language as tl
 
 from tritium.autotune import next_pow2
 from tritium.kernels import sampling_threshold as th
-from tritium.kernels.gumbel import NEG, first_block, scan_chunk
+from tritium.kernels.gumbel import first_block, scan_chunk
 from tritium.kernels.sampling import _sample_merge_kernel
 from tritium.kernels.sampling_items import PHASE_DONE, item_chunks, items_per_row, phases, programs, rows_in_phase
-from tritium.kernels.sampling_threshold import predicate_bounds, row_params, threshold, walk_values
+from tritium.kernels.sampling_threshold import predicate_bounds, row_params, threshold, walk_window
 
 NPROBES = 8  # probes per round: the bracket narrows ~7x per round (16 probes cost ~2x as much per round)
 ROUNDS = 4  # rounds that probe; then one more launch that only merges and gathers
@@ -242,19 +242,8 @@ def _bracket_draw_kernel(
         lo = tl.load(bf_ptr + row * 4)
         seed = tl.load(seed_ptr + row)
         step = tl.load(step_ptr + row)
-        # the window's slots are read whole (those past n_win masked after), beside its size; a window of at
-        # most NSMALL values is sorted on a tile that wide (sorting 512 slots costs ~3 us)
-        w_all = tl.load(win_ptr + row * NWIN + tl.arange(0, NWIN))
-        w_small = tl.load(win_ptr + row * NWIN + tl.arange(0, NSMALL))
-        n_win = tl.load(bi_ptr + row * 4 + 2)
-        n_hi = tl.load(bi_ptr + row * 4 + 1)
-        m_hi = tl.load(bf_ptr + row * 4 + 2)
-        if n_win <= NSMALL:
-            vstar = walk_values(tl.where(tl.arange(0, NSMALL) < n_win, w_small, NEG), n_win, n_hi, m_hi, big, k_on,
-                                mass_on, NSMALL)
-        else:
-            vstar = walk_values(tl.where(tl.arange(0, NWIN) < n_win, w_all, NEG), n_win, n_hi, m_hi, big, k_on,
-                                mass_on, NWIN)
+        vstar = walk_window(win_ptr + row * NWIN, tl.load(bi_ptr + row * 4 + 2), tl.load(bi_ptr + row * 4 + 1),
+                            tl.load(bf_ptr + row * 4 + 2), big, k_on, mass_on, NWIN, NSMALL)
         thr = threshold(tl.maximum(vstar, lo), k, p, mp, big)
         sampled = t > 0
         inv_t = 1.0 / tl.where(sampled, t, 1.0)

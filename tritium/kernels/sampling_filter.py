@@ -16,8 +16,8 @@ Fixed launches (all CUDA-graph safe: fixed grids, no host sync):
    candidates: the lane maxima above
    the largest lane second value F_c, so every token of the chunk with z > F_c is a candidate (about
    sqrt(BLOCK) of them: the top tokens rarely share a lane).
-2. _filter_finish_kernel (sampling_finish.py), grid (B,): merges the chunks (max, sum exp; the unfiltered winner for rows
-   without filters) and gathers the row's window: the candidates with z >= max - D, D the widest of a
+2. _filter_finish_kernel (sampling_finish.py), grid (B,): merges the chunks (max, sum exp; the unfiltered
+   winner for rows without filters) and gathers the row's window: the candidates with z >= max - D, D the widest of a
    schedule with at most NWIN of them (all widths counted at once: a histogram of the first width each
    candidate passes), so every token above the window floor is in it. Sorts the window (count and mass at
    or above each value: its rank and a cumulative sum; on an NSMALL-wide tile when it is that small) to find
@@ -35,7 +35,7 @@ import triton
 import triton.language as tl
 
 from tritium.autotune import next_pow2, tuned
-from tritium.kernels.gumbel import NEG, exp_fast, noisy_scores
+from tritium.kernels.gumbel import NEG, exp_fast, first_block, noisy_scores
 from tritium.kernels.sampling_bracket import COUNT_SLOTS, draw_pending, reset_brackets
 from tritium.kernels.sampling_finish import _filter_finish_kernel
 from tritium.kernels.sampling_threshold import row_params
@@ -139,7 +139,7 @@ def _filter_partial_kernel(
     end = tl.minimum(start + CHUNK, V)
     full_end = start + (end - start) // BLOCK * BLOCK
     # the next AHEAD blocks are fetched while one is worked on (fetches past the last block repeat it)
-    x = tl.load(row_ptr + start + tile, mask=tile < full_end - start, other=0.0)
+    x = first_block(row_ptr, start, end, BLOCK)
     if AHEAD == 2:
         x1 = tl.load(row_ptr + start + BLOCK + tile, mask=tile < full_end - start - BLOCK, other=0.0)
     for off in range(start, full_end, BLOCK):
