@@ -5,8 +5,8 @@ The top-p time at a batch depends on how many rows pass the candidate window (sa
 bracket rounds (sampling_bracket.py). This finds inputs of the benchmark's kind (bench_sampling._logits: a normal
 bulk and a few strong tokens per row) with each asked-for pending count, then prints each kernel's device time
 in launch order and their sum (the fastest of a few calls). --set overrides, before the run, a constant that
-a launcher in tritium.kernels reads (not a jit global), e.g. --set sampling_items.PROGRAMS_PER_SM=2,
---set sampling_bracket.NPROBES=16 or --set sampling_bracket.ROUND_MAXNREG=128: variants compare on one card.
+a launcher in tritium.kernels reads (not a jit global), e.g. --set sampling_bracket.COOPERATIVE=0 (one launch
+per bracket stage) or --set sampling_bracket.NPROBES=16: variants compare on one card.
 """
 import argparse
 import importlib

@@ -158,9 +158,10 @@ def test_candidate_windows_and_general_path(monkeypatch):
     lp = torch.empty(B, device=DEV)  # (with logprobs the greedy row needs its kept set too)
     _, logp = sample_probs_ref(x, t, **kw)
     # 0: drawn from the candidate window, 1: after the bracket rounds, 2: by the sequential kernel (no rounds)
-    # 4 programs: one item of ten chunks per pending row; 16: five items of two chunks each
+    # 4 programs: one item of ten chunks per pending row; 16: five items of two chunks each (one launch per
+    # stage); 1: every stage in one launch, as the cooperative launch runs them on a GPU
     for rounds, programs, paths in ((B_.ROUNDS, 4, [0, 0, 1, 1, 1, 1]), (B_.ROUNDS, 16, [0, 0, 1, 1, 1, 1]),
-                                    (0, 4, [0, 0, 1, 2, 2, 2])):
+                                    (B_.ROUNDS, 1, [0, 0, 1, 1, 1, 1]), (0, 4, [0, 0, 1, 2, 2, 2])):
         monkeypatch.setattr(B_, "ROUNDS", rounds)
         monkeypatch.setattr(I_, "INTERPRET_PROGRAMS", programs)
         tok.fill_(-1)  # a row no kernel draws must not pass on the previous iteration's token

@@ -73,24 +73,10 @@ def _sample_partial_kernel(
 
 
 @triton.jit
-def _sample_merge_kernel(
-    part_f_ptr,  # [B, C, 3] fp32 from _sample_partial_kernel
-    part_i_ptr,  # [B, C] int32
-    logits_ptr,  # [B, V] (if STATS: the winner's logit)
-    stride_row,
-    temp_ptr,  # [B] fp32
-    out_ptr,  # [B] int64 out: token
-    lp_ptr,  # [B] fp32 out: logprob (if STATS)
-    C,  # chunks per row
-    STATS: tl.constexpr,
-    CPAD: tl.constexpr,  # next_pow2(C)
-    gate_ptr=None,  # [B, 4] int32 (optional): merge only rows whose first entry is GATE
-    GATE: tl.constexpr = 0,
-):
-    row = tl.program_id(0).to(tl.int64)
-    if gate_ptr is not None:
-        if tl.load(gate_ptr + row * 4) != GATE:
-            return
+def merge_row(part_f_ptr, part_i_ptr, logits_ptr, stride_row, temp_ptr, out_ptr, lp_ptr, row, C,
+              STATS: tl.constexpr, CPAD: tl.constexpr):
+    """Row `row`'s token (the winner of its C chunk winners, lowest chunk among ties) and, if STATS, its
+    logprob from the chunks' (max, sum exp). part_f [B, C, 3], part_i [B, C] as _sample_partial_kernel writes."""
     c = tl.arange(0, CPAD)
     cm = c < C
     part = part_f_ptr + (row * C + c) * 3
@@ -106,6 +92,23 @@ def _sample_merge_kernel(
         s = tl.load(part + 2, mask=cm, other=0.0)
         big = tl.max(m)
         tl.store(lp_ptr + row, z - big - tl.log(tl.sum(s * tl.exp(m - big))))
+
+
+@triton.jit
+def _sample_merge_kernel(
+    part_f_ptr,  # [B, C, 3] fp32 from _sample_partial_kernel
+    part_i_ptr,  # [B, C] int32
+    logits_ptr,  # [B, V] (if STATS: the winner's logit)
+    stride_row,
+    temp_ptr,  # [B] fp32
+    out_ptr,  # [B] int64 out: token
+    lp_ptr,  # [B] fp32 out: logprob (if STATS)
+    C,  # chunks per row
+    STATS: tl.constexpr,
+    CPAD: tl.constexpr,  # next_pow2(C)
+):
+    merge_row(part_f_ptr, part_i_ptr, logits_ptr, stride_row, temp_ptr, out_ptr, lp_ptr,
+              tl.program_id(0).to(tl.int64), C, STATS, CPAD)
 
 
 _PARTIAL = tuned(_sample_partial_kernel, CONFIGS, key=["chunk", "row_bucket", "V"])

@@ -1,6 +1,9 @@
 """Work items of the persistent grids of sampling_bracket.py: a launch works on the rows in some phases, each
 row cut into C fixed chunks; the items (row, G consecutive chunks) are dealt to a few programs per SM.
 
+A cooperative launch (every program resident at once) runs several stages in one grid, separated by grid_sync;
+its grid is sized by coresident_programs.
+
 Rows are listed from a phase vector ([B, 4] int32 state, entry 0) that no program of the same launch writes,
 so every program sees the same list. Phases: 0 bracket set, 1 partials written, 2 window gathered, 3 left
 to the sequential kernel, PHASE_DONE finished earlier (not pending).
@@ -50,6 +53,32 @@ def item_chunks(rows, sel, rank, item, per_row, g, C):
     row = tl.sum(tl.where(sel & (rank == item // per_row), rows, 0)).to(tl.int64)
     c0 = item % per_row * g
     return row, c0, tl.minimum(c0 + g, C)
+
+
+@triton.jit
+def grid_sync(bar_ptr, target):
+    """Wait until every program of a cooperative launch has arrived: bar_ptr (int32, zero at launch) counts
+    arrivals, target = (syncs so far, this one included) * programs. Stores before it are visible after it
+    (release on arrival, acquire while waiting; the CTA barriers order the program's other threads)."""
+    tl.debug_barrier()
+    tl.atomic_add(bar_ptr, 1, sem="release")
+    while tl.atomic_add(bar_ptr, 0, sem="acquire") < target:
+        pass
+    tl.debug_barrier()
+
+
+def coresident_programs(compiled, device) -> int:
+    """How many programs of a compiled kernel the whole GPU holds at once (registers, shared memory and
+    threads per SM), the most a cooperative launch may have."""
+    compiled._init_handles()
+    props = torch.cuda.get_device_properties(device)
+    warps = compiled.metadata.num_warps
+    regs_per_warp = -(-compiled.n_regs * 32 // 256) * 256  # allocated per warp in units of 256
+    per_sm = min(props.regs_per_multiprocessor // regs_per_warp // warps,
+                 props.max_threads_per_multi_processor // (32 * warps), 32)
+    if compiled.metadata.shared:
+        per_sm = min(per_sm, props.shared_memory_per_multiprocessor // (compiled.metadata.shared + 1024))
+    return max(1, per_sm) * props.multi_processor_count
 
 
 def programs(device, n_items: int) -> int:

@@ -114,17 +114,18 @@ def _filter_general_kernel(
     temp_ptr, seed_ptr, step_ptr,  # [B] fp32, int64, int64
     topk_ptr, topp_ptr, minp_ptr,  # [B] int32, fp32, fp32
     row_f_ptr,  # [B, 3] fp32: max z, sum exp(z - max), (min z)
-    phase_ptr,  # [B, 4] int32: sampling_bracket's final state; only rows in phase 3 are worked on
+    phase_ptr,  # [2, B, 4] int32: sampling_bracket's state buffers; only rows in phase 3 are worked on
+    fin_ptr,  # [1] int32: which buffer holds the final state
     state_ptr,  # [B] int32 out: 2 for the rows drawn here
     win_ptr,  # [B, NWIN] fp32 scratch
     out_ptr,  # [B] int64 out
     lp_ptr,  # [B] fp32 out (if LOGPROBS)
-    V, max_rounds,
+    B, V, max_rounds,
     HAS_K: tl.constexpr, HAS_P: tl.constexpr, HAS_MINP: tl.constexpr, LOGPROBS: tl.constexpr,
     NWIN: tl.constexpr, NP: tl.constexpr, BLOCK: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
-    if tl.load(phase_ptr + row * 4) != 3:
+    if tl.load(phase_ptr + (tl.load(fin_ptr) * B + row) * 4) != 3:
         return
     tl.store(state_ptr + row, 2)
     t, k, p, mp = row_params(temp_ptr, topk_ptr, topp_ptr, minp_ptr, row, HAS_K, HAS_P, HAS_MINP)
