@@ -19,10 +19,11 @@ registers), the row state and the previous round's counts all at once, then:
    per-chunk counts (a fixed order, so the window is deterministic);
 3. else counts tokens and mass at or above the new probes in its chunk, for the next round.
 Round ROUNDS only merges and gathers; a row still too wide (huge ties, or more rounds needed) is left to the
-exact sequential kernel of sampling_threshold.py. Phases per row: 0 bracket set, 1 partials written,
-2 window gathered, 3 left to the sequential kernel, 4 finished earlier (not pending).
+exact sequential draw of sampling_threshold.general_row. Phases per row: 0 bracket set, 1 partials written,
+2 window gathered, 3 left to general_row, 4 finished earlier (not pending).
 The draw works on the rows in phase 2: sorts the window (walk_window) for v*, applies min-p, and scans its
-chunks for the Gumbel-max winner among z >= thr (the plain path's scan); the merge picks each row's winner.
+chunks for the Gumbel-max winner among z >= thr (the plain path's scan). The last stage merges: it picks each
+drawn row's winner, and general_row draws the rows left over (one program each).
 State buffers are double: round r reads one and writes the other, as other programs may still be reading the
 state of the previous round (program 0 carries the other rows' state over); counts slot `fin` says which
 buffer holds the final state. Without a cooperative launch (the interpreter, or COOPERATIVE = 0) each stage
@@ -40,11 +41,12 @@ from tritium.kernels.sampling import merge_row
 from tritium.kernels.sampling_items import (PHASE_DONE, coresident_programs, grid_sync, item_chunks, items_per_row,
                                             phases, programs, rows_in_phase)
 from tritium.kernels.sampling_stages import draw_item, round_item
+from tritium.kernels.sampling_threshold import general_row
 from tritium.platform import INTERPRET
 
 NPROBES = 8  # probes per round: the bracket narrows ~7x per round (16 probes cost ~2x as much per round)
 ROUNDS = 4  # rounds that probe; then one more that only merges and gathers
-COUNT_SLOTS = 8  # >= ROUNDS + 4: rows pending at each round, rows to draw, the sync counter, fin
+COUNT_SLOTS = 16  # >= ROUNDS + 5: rows pending at each round, rows to draw, rows left over, sync counter, fin
 COOPERATIVE = 1  # 1: every stage in one cooperative launch; 0: one launch per stage (as under the interpreter)
 ROUND_CHUNK = 2048  # tokens per work item of the rounds and the draw (74 items for a 151,936 row)
 PROBE_GROUP = 4  # probes compared at once: [PROBE_GROUP, ROUND_CHUNK] per step
@@ -78,21 +80,24 @@ def _bracket_kernel(
     win_ptr,  # [B, NWIN] fp32: the windows
     part_f_ptr, part_i_ptr,  # [B, C, 3] fp32, [B, C] int32: the draw's chunk partials
     out_ptr, lp_ptr,  # [B] int64, fp32 out: token, logprob (if LOGPROBS)
-    counts_ptr,  # [COUNT_SLOTS] int32: pending rows per round, then the draw's rows, the sync counter, `fin`
-    S0, S1,  # the stages this launch runs: rounds 0..ROUNDS, then DRAW, then MERGE
-    B, V, C,
+    state_ptr,  # [B] int32 out: 2 for the rows general_row draws
+    counts_ptr,  # [COUNT_SLOTS] int32: pending rows per round, rows to draw, rows left over, sync counter, `fin`
+    S0, S1,  # the stages this launch runs: rounds 0..ROUNDS, DRAW, then the merge and the rows left over
+    B, V, C, max_rounds,
     HAS_K: tl.constexpr, HAS_P: tl.constexpr, HAS_MINP: tl.constexpr, LOGPROBS: tl.constexpr,
     ROUNDS: tl.constexpr,
     CHUNK: tl.constexpr, NP: tl.constexpr, PG: tl.constexpr, CPAD: tl.constexpr, NWIN: tl.constexpr,
     BPAD: tl.constexpr,  # next_pow2(B)
     BLOCK: tl.constexpr,  # the draw's tokens per step
     NSMALL: tl.constexpr,  # <= NWIN: the draw's narrow window tile
+    GNP: tl.constexpr, GBLOCK: tl.constexpr,  # general_row's probes and tokens per step
 ):
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
     draw_count = counts_ptr + ROUNDS + 1
-    sync_ptr = counts_ptr + ROUNDS + 2
-    fin_ptr = counts_ptr + ROUNDS + 3
+    left_count = counts_ptr + ROUNDS + 2
+    sync_ptr = counts_ptr + ROUNDS + 3
+    fin_ptr = counts_ptr + ROUNDS + 4
     DRAW: tl.constexpr = ROUNDS + 1
     syncs = tl.zeros([], tl.int32)
     r = S0
@@ -122,7 +127,7 @@ def _bracket_kernel(
                 round_item(logits_ptr, stride_row, temp_ptr, topk_ptr, topp_ptr, minp_ptr, row_f_ptr, i_f, i_i, o_f,
                            o_i, cnt_ptr + r % 2 * B * C * NP, mass_ptr + r % 2 * B * C * NP,
                            cnt_ptr + (r + 1) % 2 * B * C * NP, mass_ptr + (r + 1) % 2 * B * C * NP, win_ptr,
-                           counts_ptr + r + 1, draw_count, row, c0, c1, V, C, HAS_K, HAS_P, HAS_MINP, r == ROUNDS,
+                           counts_ptr + r + 1, draw_count, left_count, row, c0, c1, V, C, HAS_K, HAS_P, HAS_MINP, r == ROUNDS,
                            CHUNK, NP, PG, CPAD, NWIN)
         r += 1
         if S1 >= r:
@@ -144,12 +149,22 @@ def _bracket_kernel(
         if S1 > DRAW:
             syncs += 1
             grid_sync(sync_ptr, syncs * nprog)
-    if (S1 > DRAW) & (n_draw > 0):  # the merge: each drawn row's winner of its chunk winners
-        rows, sel, rank, n = rows_in_phase(phases(f_i, B, BPAD), 2, 2, BPAD)
-        for j in range(pid, n, nprog):
-            row = tl.sum(tl.where(sel & (rank == j), rows, 0)).to(tl.int64)
-            merge_row(part_f_ptr, part_i_ptr, logits_ptr, stride_row, temp_ptr, out_ptr, lp_ptr, row, C, LOGPROBS,
-                      CPAD)
+    n_left = tl.load(left_count, volatile=True)
+    if (S1 > DRAW) & ((n_draw > 0) | (n_left > 0)):
+        ph = phases(f_i, B, BPAD)
+        if n_draw > 0:  # the merge: each drawn row's winner of its chunk winners
+            rows, sel, rank, n = rows_in_phase(ph, 2, 2, BPAD)
+            for j in range(pid, n, nprog):
+                row = tl.sum(tl.where(sel & (rank == j), rows, 0)).to(tl.int64)
+                merge_row(part_f_ptr, part_i_ptr, logits_ptr, stride_row, temp_ptr, out_ptr, lp_ptr, row, C,
+                          LOGPROBS, CPAD)
+        if n_left > 0:  # rows the rounds left over: one program each, from the last programs down
+            rows, sel, rank, n = rows_in_phase(ph, 3, 3, BPAD)
+            for j in range(nprog - 1 - pid, n, nprog):
+                row = tl.sum(tl.where(sel & (rank == j), rows, 0)).to(tl.int64)
+                general_row(logits_ptr, stride_row, temp_ptr, seed_ptr, step_ptr, topk_ptr, topp_ptr, minp_ptr,
+                            row_f_ptr, state_ptr, win_ptr, out_ptr, lp_ptr, row, V, max_rounds, HAS_K, HAS_P,
+                            HAS_MINP, LOGPROBS, NWIN, GNP, GBLOCK)
 
 
 def reset_brackets(state, row_f, bf, bi, counts) -> None:
@@ -164,34 +179,30 @@ def reset_brackets(state, row_f, bf, bi, counts) -> None:
 
 
 def draw_pending(logits, temperature, seeds, offsets, filt, flags, row_f, state, bf, bi, counts, win, out, lp):
-    """Bracket rounds, draw and merge for rows in phase 0 (pending), then the sequential kernel for the rows
-    left over. filt: the (top_k, top_p, min_p) tensors (dummies where off); flags: HAS_K, HAS_P, HAS_MINP,
+    """Bracket rounds, draw and merge for rows in phase 0 (pending), and general_row for the rows left over. filt: the (top_k, top_p, min_p) tensors (dummies where off); flags: HAS_K, HAS_P, HAS_MINP,
     LOGPROBS; counts [COUNT_SLOTS] int32: the rows pending at round 0 in counts[0], the rest zero;
     win [B, NWIN] fp32 scratch; lp: logprobs out (a dummy without LOGPROBS)."""
     B, V = logits.shape
     dev = logits.device
     chunk = min(ROUND_CHUNK, next_pow2(V))
     C = -(-V // chunk)
-    assert counts.numel() >= ROUNDS + 4, "COUNT_SLOTS must cover every round, the draw, the sync counter and fin"
+    assert counts.numel() >= ROUNDS + 5, "COUNT_SLOTS must cover the rounds, the draw, the rows left, sync and fin"
     cnt = torch.empty((2, B, C, NPROBES), dtype=torch.int32, device=dev)
     mass = torch.empty((2, B, C, NPROBES), dtype=torch.float32, device=dev)
     part_f = torch.empty((B, C, 3), dtype=torch.float32, device=dev)
     part_i = torch.empty((B, C), dtype=torch.int32, device=dev)
     args = (logits, logits.stride(0), temperature, seeds, offsets, *filt, row_f, bf, bi, cnt, mass, win, part_f, part_i,
-            out, lp, counts)
+            out, lp, state, counts)
     meta = dict(**flags, ROUNDS=ROUNDS, CHUNK=chunk, NP=NPROBES, PG=PROBE_GROUP, CPAD=next_pow2(C), NWIN=win.shape[1],
                 BPAD=next_pow2(B), BLOCK=max(4, min(DRAW_BLOCK, chunk)), NSMALL=min(DRAW_SMALL, win.shape[1]),
-                num_warps=ROUND_WARPS)
+                GNP=th.NPROBE, GBLOCK=th.GENERAL_BLOCK, num_warps=ROUND_WARPS)
     merge = ROUNDS + 2
     n = programs(dev, B * C) if INTERPRET or not COOPERATIVE else min(B * C, _coresident(dev, args, B, V, C, meta))
     if COOPERATIVE and (not INTERPRET or n == 1):  # (the interpreter runs programs one after another)
-        _bracket_kernel[(n,)](*args, 0, merge, B, V, C, **meta, launch_cooperative_grid=True)
+        _bracket_kernel[(n,)](*args, 0, merge, B, V, C, th.MAX_ROUNDS, **meta, launch_cooperative_grid=True)
     else:
         for stage in range(merge + 1):
-            _bracket_kernel[(n,)](*args, stage, stage, B, V, C, **meta)
-    th._filter_general_kernel[(B,)](logits, logits.stride(0), temperature, seeds, offsets, *filt, row_f, bi,
-                                    counts[ROUNDS + 3:], state, win, out, lp, B, V, th.MAX_ROUNDS, **flags,
-                                    NWIN=win.shape[1], NP=th.NPROBE, BLOCK=th.GENERAL_BLOCK, num_warps=8)
+            _bracket_kernel[(n,)](*args, stage, stage, B, V, C, th.MAX_ROUNDS, **meta)
 
 
 _CORESIDENT = {}  # (device, dtype, constexprs) -> programs a cooperative launch of _bracket_kernel may have
@@ -200,6 +211,7 @@ _CORESIDENT = {}  # (device, dtype, constexprs) -> programs a cooperative launch
 def _coresident(dev, args, B, V, C, meta) -> int:
     key = (str(dev), args[0].dtype, B, V, tuple(sorted(meta.items())))  # (B, V: the ints' specialization)
     if key not in _CORESIDENT:
-        compiled = _bracket_kernel.warmup(*args, 0, 1, B, V, C, **meta, launch_cooperative_grid=True, grid=(1,))
+        compiled = _bracket_kernel.warmup(*args, 0, 1, B, V, C, th.MAX_ROUNDS, **meta, launch_cooperative_grid=True,
+                                          grid=(1,))
         _CORESIDENT[key] = coresident_programs(compiled, dev)
     return _CORESIDENT[key]

@@ -191,7 +191,7 @@ def sample_filtered(logits, temperature, seeds, offsets, top_k, top_p, min_p, ou
                     state=None, force_general=False):
     """Launch the candidate pass, the finishing kernel and, for rows it leaves pending, sampling_bracket's
     kernels (inputs already validated by sampling.sample). `state`, if given ([B] int32), receives which path
-    drew each row: 0 the candidate window, 1 the bracket rounds, 2 the sequential kernel. force_general
+    drew each row: 0 the candidate window, 1 the bracket rounds, 2 the sequential draw (general_row). force_general
     (tests) makes every row pending."""
     B, V = logits.shape
     dev = logits.device

@@ -6,7 +6,7 @@ its grid is sized by coresident_programs.
 
 Rows are listed from a phase vector ([B, 4] int32 state, entry 0) that no program of the same launch writes,
 so every program sees the same list. Phases: 0 bracket set, 1 partials written, 2 window gathered, 3 left
-to the sequential kernel, PHASE_DONE finished earlier (not pending).
+to the sequential draw (general_row), PHASE_DONE finished earlier (not pending).
 """
 from __future__ import annotations
 

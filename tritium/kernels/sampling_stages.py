@@ -29,8 +29,8 @@ def _chunk(row_ptr, c, c1, V, CHUNK: tl.constexpr):
 @triton.jit
 def round_item(logits_ptr, stride_row, temp_ptr, topk_ptr, topp_ptr, minp_ptr, row_f_ptr, bf_in_ptr, bi_in_ptr,
                 bf_out_ptr, bi_out_ptr, cnt_in_ptr, mass_in_ptr, cnt_out_ptr, mass_out_ptr, win_ptr, count_next_ptr,
-                count_draw_ptr, row, c0, c1, V, C, HAS_K: tl.constexpr, HAS_P: tl.constexpr, HAS_MINP: tl.constexpr,
-                last,
+                count_draw_ptr, count_left_ptr, row, c0, c1, V, C, HAS_K: tl.constexpr, HAS_P: tl.constexpr,
+                HAS_MINP: tl.constexpr, last,
                 CHUNK: tl.constexpr, NP: tl.constexpr, PG: tl.constexpr, CPAD: tl.constexpr, NWIN: tl.constexpr):
     """One round's work on chunks [c0, c1) of a pending row (steps 1-3 of sampling_bracket's docstring; `last`:
     merge and gather only); the item with
@@ -99,8 +99,9 @@ def round_item(logits_ptr, stride_row, temp_ptr, topk_ptr, topp_ptr, minp_ptr, r
                     tl.store(mass_out_ptr + out, tl.sum(tl.where(ge, e, 0.0), 1))
             x = x_next
     if c0 == 0:
-        tl.atomic_add(count_next_ptr, (ph == 1).to(tl.int32), sem="relaxed")  # rows the next launch works on
+        tl.atomic_add(count_next_ptr, (ph == 1).to(tl.int32), sem="relaxed")  # rows the next round works on
         tl.atomic_add(count_draw_ptr, (ph == 2).to(tl.int32), sem="relaxed")  # rows the draw works on
+        tl.atomic_add(count_left_ptr, (ph == 3).to(tl.int32), sem="relaxed")  # rows left to general_row
         tl.store(bf_out_ptr + row * 4, lo)
         tl.store(bf_out_ptr + row * 4 + 1, hi)
         tl.store(bf_out_ptr + row * 4 + 2, m_hi)

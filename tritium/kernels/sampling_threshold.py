@@ -7,12 +7,12 @@ v* is the largest present value where it holds (the min if it never does: keep a
 threshold to max z + log(min_p). Kept tokens: z >= thr. settle_window: v* from a gathered window and the
 draw among its kept tokens (sampling_filter's finishing kernel).
 
-_filter_general_kernel, grid (B,), one program per row left over (others return at once): rounds of NP probes
-spread over a bracket [lo, hi] of present values holding v* count tokens and mass at or above each probe
-(one read of the row each); the bracket shrinks to the present values around the crossing until it holds
-at most NWIN tokens (or one value); those are gathered and walked exactly (sorted). A last read
-draws among z >= thr with the plain path's scan. Slower than the candidate path: several reads of the row
-by one program, about log_NP(range / spacing near v*) rounds.
+general_row, one program's draw of one row (sampling_bracket's last stage, for the rows left over): rounds of
+NP probes spread over a bracket [lo, hi] of present values holding v* count tokens and mass at or above each
+probe (one read of the row each); the bracket shrinks to the present values around the crossing until it
+holds at most NWIN tokens (or one value); those are gathered and walked exactly (sorted). A last read draws
+among z >= thr with the plain path's scan. Slower than the candidate path: several reads of the row by one
+program, about log_NP(range / spacing near v*) rounds.
 """
 from __future__ import annotations
 
@@ -108,25 +108,20 @@ def settle_window(wz_ptr, wi_ptr, n_win, big, k_on, mass_on, k, p, mp, t, seed, 
 
 
 @triton.jit
-def _filter_general_kernel(
+def general_row(
     logits_ptr,  # [B, V] fp32/bf16/fp16
     stride_row,
     temp_ptr, seed_ptr, step_ptr,  # [B] fp32, int64, int64
     topk_ptr, topp_ptr, minp_ptr,  # [B] int32, fp32, fp32
     row_f_ptr,  # [B, 3] fp32: max z, sum exp(z - max), (min z)
-    phase_ptr,  # [2, B, 4] int32: sampling_bracket's state buffers; only rows in phase 3 are worked on
-    fin_ptr,  # [1] int32: which buffer holds the final state
     state_ptr,  # [B] int32 out: 2 for the rows drawn here
     win_ptr,  # [B, NWIN] fp32 scratch
     out_ptr,  # [B] int64 out
     lp_ptr,  # [B] fp32 out (if LOGPROBS)
-    B, V, max_rounds,
+    row, V, max_rounds,
     HAS_K: tl.constexpr, HAS_P: tl.constexpr, HAS_MINP: tl.constexpr, LOGPROBS: tl.constexpr,
     NWIN: tl.constexpr, NP: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    row = tl.program_id(0).to(tl.int64)
-    if tl.load(phase_ptr + (tl.load(fin_ptr) * B + row) * 4) != 3:
-        return
     tl.store(state_ptr + row, 2)
     t, k, p, mp = row_params(temp_ptr, topk_ptr, topp_ptr, minp_ptr, row, HAS_K, HAS_P, HAS_MINP)
     sampled = t > 0
