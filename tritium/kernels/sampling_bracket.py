@@ -127,8 +127,8 @@ def _bracket_kernel(
                 round_item(logits_ptr, stride_row, temp_ptr, topk_ptr, topp_ptr, minp_ptr, row_f_ptr, i_f, i_i, o_f,
                            o_i, cnt_ptr + r % 2 * B * C * NP, mass_ptr + r % 2 * B * C * NP,
                            cnt_ptr + (r + 1) % 2 * B * C * NP, mass_ptr + (r + 1) % 2 * B * C * NP, win_ptr,
-                           counts_ptr + r + 1, draw_count, left_count, row, c0, c1, V, C, HAS_K, HAS_P, HAS_MINP, r == ROUNDS,
-                           CHUNK, NP, PG, CPAD, NWIN)
+                           counts_ptr + r + 1, draw_count, left_count, row, c0, c1, V, C, HAS_K, HAS_P, HAS_MINP,
+                           r == ROUNDS, CHUNK, NP, PG, CPAD, NWIN)
         r += 1
         if S1 >= r:
             syncs += 1
@@ -179,9 +179,10 @@ def reset_brackets(state, row_f, bf, bi, counts) -> None:
 
 
 def draw_pending(logits, temperature, seeds, offsets, filt, flags, row_f, state, bf, bi, counts, win, out, lp):
-    """Bracket rounds, draw and merge for rows in phase 0 (pending), and general_row for the rows left over. filt: the (top_k, top_p, min_p) tensors (dummies where off); flags: HAS_K, HAS_P, HAS_MINP,
-    LOGPROBS; counts [COUNT_SLOTS] int32: the rows pending at round 0 in counts[0], the rest zero;
-    win [B, NWIN] fp32 scratch; lp: logprobs out (a dummy without LOGPROBS)."""
+    """Bracket rounds, draw and merge for rows in phase 0 (pending), and general_row for the rows left over.
+    filt: the (top_k, top_p, min_p) tensors (dummies where off); flags: HAS_K, HAS_P, HAS_MINP, LOGPROBS;
+    counts [COUNT_SLOTS] int32: the rows pending at round 0 in counts[0], the rest zero; win [B, NWIN] fp32
+    scratch; lp: logprobs out (a dummy without LOGPROBS)."""
     B, V = logits.shape
     dev = logits.device
     chunk = min(ROUND_CHUNK, next_pow2(V))
