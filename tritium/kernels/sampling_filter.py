@@ -24,9 +24,9 @@ Fixed launches (all CUDA-graph safe: fixed grids, no host sync):
    v* (sampling_threshold.settle_window). If the kept set lies above
    the floor (the usual case: peaked LLM distributions), draws among the kept window tokens, their noise
    recomputed from the token ids; otherwise marks the row pending.
-3. sampling_bracket.py: pending rows only (others return at once): a few parallel bracketing rounds over
-   the row, then a draw among the kept tokens; rows even that leaves open go to the exact sequential
-   kernel of sampling_threshold.py.
+3. sampling_bracket.py, one cooperative launch for the pending rows only (none pending: it reads a count
+   and ends): a few parallel bracketing rounds over each row, then a draw among the kept tokens; rows even
+   that leaves open are drawn by the exact sequential path of sampling_threshold.py, in the same launch.
 """
 from __future__ import annotations
 
