@@ -68,7 +68,7 @@ def init_bracket(bf_ptr, bi_ptr, row, B, done, lo):
     tl.store(bf_ptr + row * 4 + 2, 0.0)
 
 
-@triton.jit(do_not_specialize=["S0", "S1"])
+@triton.jit(do_not_specialize=["S0", "S1"])  # (S0 = 1 as a constexpr would break the loop-carried stage r)
 def _bracket_kernel(
     logits_ptr,  # [B, V] fp32/bf16/fp16
     stride_row,
@@ -206,11 +206,18 @@ def draw_pending(logits, temperature, seeds, offsets, filt, flags, row_f, state,
             _bracket_kernel[(n,)](*args, stage, stage, B, V, C, th.MAX_ROUNDS, **meta)
 
 
-_CORESIDENT = {}  # (device, dtype, constexprs) -> programs a cooperative launch of _bracket_kernel may have
+_CORESIDENT = {}  # (device, how Triton specializes the arguments, constexprs) -> programs of a cooperative launch
+
+
+def _specialization(values) -> tuple:
+    """What Triton compiles a launch for, beyond the constexprs: tensor dtypes and 16-byte alignment, ints equal
+    to 1 or divisible by 16."""
+    return tuple((v.dtype, v.data_ptr() % 16 == 0) if isinstance(v, torch.Tensor) else
+                 (v == 1, v % 16 == 0) if isinstance(v, int) else None for v in values)
 
 
 def _coresident(dev, args, B, V, C, meta) -> int:
-    key = (str(dev), args[0].dtype, B, V, tuple(sorted(meta.items())))  # (B, V: the ints' specialization)
+    key = (str(dev), _specialization((*args, B, V, C)), tuple(sorted(meta.items())))
     if key not in _CORESIDENT:
         compiled = _bracket_kernel.warmup(*args, 0, 1, B, V, C, th.MAX_ROUNDS, **meta, launch_cooperative_grid=True,
                                           grid=(1,))

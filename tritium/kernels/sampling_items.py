@@ -74,10 +74,12 @@ def coresident_programs(compiled, device) -> int:
     props = torch.cuda.get_device_properties(device)
     warps = compiled.metadata.num_warps
     regs_per_warp = -(-compiled.n_regs * 32 // 256) * 256  # allocated per warp in units of 256
-    per_sm = min(props.regs_per_multiprocessor // regs_per_warp // warps,
-                 props.max_threads_per_multi_processor // (32 * warps), 32)
+    # registers are split over the SM's 4 sub-partitions, each holding whole warps
+    warps_per_sm = 4 * (props.regs_per_multiprocessor // 4 // regs_per_warp)
+    per_sm = min(warps_per_sm // warps, props.max_threads_per_multi_processor // (32 * warps), 32)
     if compiled.metadata.shared:
-        per_sm = min(per_sm, props.shared_memory_per_multiprocessor // (compiled.metadata.shared + 1024))
+        smem = -(-compiled.metadata.shared // 128) * 128 + 1024  # in units of 128 bytes, plus 1 KiB per block
+        per_sm = min(per_sm, props.shared_memory_per_multiprocessor // smem)
     return max(1, per_sm) * props.multi_processor_count
 
 

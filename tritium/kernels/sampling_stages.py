@@ -99,7 +99,8 @@ def round_item(logits_ptr, stride_row, temp_ptr, topk_ptr, topp_ptr, minp_ptr, r
                     tl.store(mass_out_ptr + out, tl.sum(tl.where(ge, e, 0.0), 1))
             x = x_next
     if c0 == 0:
-        tl.atomic_add(count_next_ptr, (ph == 1).to(tl.int32), sem="relaxed")  # rows the next round works on
+        # rows the next round works on (in the last round none: it adds 0 to the slot after its own)
+        tl.atomic_add(count_next_ptr, (ph == 1).to(tl.int32), sem="relaxed")
         tl.atomic_add(count_draw_ptr, (ph == 2).to(tl.int32), sem="relaxed")  # rows the draw works on
         tl.atomic_add(count_left_ptr, (ph == 3).to(tl.int32), sem="relaxed")  # rows left to general_row
         tl.store(bf_out_ptr + row * 4, lo)
