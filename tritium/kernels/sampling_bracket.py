@@ -39,7 +39,7 @@ from tritium.autotune import next_pow2
 from tritium.kernels import sampling_threshold as th
 from tritium.kernels.sampling import merge_row
 from tritium.kernels.sampling_items import (PHASE_DONE, coresident_programs, grid_sync, item_chunks, items_per_row,
-                                            phases, programs, rows_in_phase)
+                                            phases, programs, rows_in_phase, selected_row)
 from tritium.kernels.sampling_stages import draw_item, round_item
 from tritium.kernels.sampling_threshold import general_row
 from tritium.platform import INTERPRET
@@ -155,13 +155,13 @@ def _bracket_kernel(
         if n_draw > 0:  # the merge: each drawn row's winner of its chunk winners
             rows, sel, rank, n = rows_in_phase(ph, 2, 2, BPAD)
             for j in range(pid, n, nprog):
-                row = tl.sum(tl.where(sel & (rank == j), rows, 0)).to(tl.int64)
+                row = selected_row(rows, sel, rank, j)
                 merge_row(part_f_ptr, part_i_ptr, logits_ptr, stride_row, temp_ptr, out_ptr, lp_ptr, row, C,
                           LOGPROBS, CPAD)
         if n_left > 0:  # rows the rounds left over: one program each, from the last programs down
             rows, sel, rank, n = rows_in_phase(ph, 3, 3, BPAD)
             for j in range(nprog - 1 - pid, n, nprog):
-                row = tl.sum(tl.where(sel & (rank == j), rows, 0)).to(tl.int64)
+                row = selected_row(rows, sel, rank, j)
                 general_row(logits_ptr, stride_row, temp_ptr, seed_ptr, step_ptr, topk_ptr, topp_ptr, minp_ptr,
                             row_f_ptr, state_ptr, win_ptr, out_ptr, lp_ptr, row, V, max_rounds, HAS_K, HAS_P,
                             HAS_MINP, LOGPROBS, NWIN, GNP, GBLOCK)

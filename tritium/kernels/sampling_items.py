@@ -48,9 +48,15 @@ def items_per_row(n, C):
 
 
 @triton.jit
+def selected_row(rows, sel, rank, j):
+    """The id of the selected row of rank j (rows, sel, rank from rows_in_phase), int64."""
+    return tl.sum(tl.where(sel & (rank == j), rows, 0)).to(tl.int64)
+
+
+@triton.jit
 def item_chunks(rows, sel, rank, item, per_row, g, C):
     """Work item `item`'s row (the selected row of rank item // per_row) and its chunks [c0, c1)."""
-    row = tl.sum(tl.where(sel & (rank == item // per_row), rows, 0)).to(tl.int64)
+    row = selected_row(rows, sel, rank, item // per_row)
     c0 = item % per_row * g
     return row, c0, tl.minimum(c0 + g, C)
 
