@@ -71,6 +71,14 @@ class Row:
     bytes: float = 0.0  # fewest bytes the op must move (each input read once, each output written once)
     flops: float = 0.0
     peers: dict = field(default_factory=dict)  # name -> us of a peer on the same shape
+    # Ours timed in the peers' convention (outputs allocated per call, as the reference returns them), where
+    # `us` writes static output buffers: the basis of the peer ratios (see rowbench.measure).
+    us_alloc: float | None = None
+
+    def peer_ratios(self) -> dict:
+        """{peer: peer us / ours} against ours in the peers' convention where it was timed."""
+        basis = self.us_alloc or self.us
+        return {k: v / basis for k, v in self.peers.items() if v}
 
     def gbps(self) -> float:
         return self.bytes / (self.us * 1e-6) / 1e9
@@ -92,16 +100,17 @@ def report(rows: list[Row], ceilings: dict, name: str) -> Path:
     copy_gbps = ceilings["copy_TBps"] * 1e3
     mm = ceilings["bf16_matmul_TFLOPs"]
     print(f"\n== {name} on {ceilings['gpu']}: copy {ceilings['copy_TBps']:.2f} TB/s, bf16 mm {mm:.0f} TFLOP/s ==")
-    print(f"{'kernel':<22} {'shape':<28} {'us':>9} {'GB/s':>8} {'%copy':>6} {'TFLOP/s':>8} {'%mm':>5}  peers (x = peer us / ours)")
+    print(f"{'kernel':<22} {'shape':<28} {'us':>9} {'GB/s':>8} {'%copy':>6} {'TFLOP/s':>8} {'%mm':>5}  peers (x = peer us / ours, like for like)")
     out = []
     for r in rows:
-        peers = " ".join(f"{k}:{v / r.us:.2f}x" for k, v in r.peers.items() if v)
+        peers = " ".join(f"{k}:{x:.2f}x" for k, x in r.peer_ratios().items())
         print(
             f"{r.kernel:<22} {r.shape:<28} {r.us:9.2f} {r.gbps():8.0f} {100 * r.gbps() / copy_gbps:6.1f} "
             f"{r.tflops():8.1f} {100 * r.tflops() / mm:5.1f}  {peers}"
         )
         d = asdict(r)
-        d.update(GBps=r.gbps(), pct_copy=100 * r.gbps() / copy_gbps, TFLOPs=r.tflops(), pct_mm=100 * r.tflops() / mm)
+        d.update(GBps=r.gbps(), pct_copy=100 * r.gbps() / copy_gbps, TFLOPs=r.tflops(), pct_mm=100 * r.tflops() / mm,
+                 peer_ratios=r.peer_ratios())
         out.append(d)
     path = RESULTS / gpu_name() / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)

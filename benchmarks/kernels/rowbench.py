@@ -28,6 +28,7 @@ MODELS = {
 TOKENS = [int(t) for t in os.environ.get("TRITIUM_BENCH_TOKENS", "1,16,256,4096,16384").split(",")]
 ROTATE_BYTES = 192 << 20  # several times the 50-60 MB L2 of an H100/H200
 MAX_SETS = 16
+ROUNDS = 2  # timings of each contender, taken in turn (measure keeps the best)
 DTYPE = torch.bfloat16
 DEVICE = "cuda"  # a CPU dry run of the benchmark code may set "cpu"
 
@@ -70,15 +71,28 @@ def _time_or_none(fn, calls: int, label: str):
         return None
 
 
-def measure(kernel: str, shape: str, tokens: int, make, ours, ref, n_bytes: float, flops: float = 0.0) -> Row:
-    """Row for `ours(*inputs)` vs `ref(*inputs)` (eager and compiled) on rotated copies from make()."""
+def measure(kernel: str, shape: str, tokens: int, make, ours, ref, n_bytes: float, flops: float = 0.0,
+            ours_alloc=None) -> Row:
+    """Row for `ours(*inputs)` vs `ref(*inputs)` (eager and compiled) on rotated copies from make().
+    ours_alloc: ours in the reference's convention (outputs allocated per call), timed for the peer ratios.
+    Each contender is timed ROUNDS times in turn and keeps its best: the first graph timing after a tuning
+    pass or a compile ran up to 12% slow on an H200 (rms_norm 16 x 4096: 2.07 us, then 1.85 and 1.87)."""
     sets = input_sets(make, n_bytes)
     calls = math.ceil(GRAPH_CALLS / len(sets)) * len(sets)  # every set equally often
-    us = _time(cycling(ours, sets), calls, f"{kernel} {shape}")
-    peers = {"eager": _time_or_none(cycling(ref, sets), calls, f"{kernel} {shape} eager")}
+    fns = {"ours": ours, "alloc": ours_alloc, "eager": ref}
     if os.environ.get("TRITIUM_BENCH_NO_COMPILE", "0") in ("", "0"):
-        compiled = compiled_or_none(ref)
-        peers["compile"] = _time_or_none(cycling(compiled, sets), calls, f"{kernel} {shape} compile") if compiled else None
+        fns["compile"] = compiled_or_none(ref)
+    best = {}
+    for _ in range(ROUNDS):
+        for name, fn in fns.items():
+            if fn is None:
+                continue
+            timer = _time if name == "ours" else _time_or_none  # a failing peer must not stop the table
+            us = timer(cycling(fn, sets), calls, f"{kernel} {shape} {name}")
+            if us is not None:
+                best[name] = min(us, best.get(name, us))
     del sets
     torch.cuda.empty_cache()
-    return Row(kernel=kernel, shape=shape, us=us, bytes=n_bytes, flops=flops, peers=peers)
+    peers = {k: best.get(k) for k in ("eager", "compile") if k in fns}
+    return Row(kernel=kernel, shape=shape, us=best["ours"], bytes=n_bytes, flops=flops, peers=peers,
+               us_alloc=best.get("alloc"))

@@ -18,9 +18,10 @@ All three run one kernel: a tile of ROWS rows x next_pow2(H) columns per program
 Specialised as Inductor specialises to exact sizes, without losing generality: a tile with H == next_pow2(H)
 and rows % ROWS == 0 loads and stores with no mask (EVEN_N / EVEN_ROWS heuristics, per config); the head
 count is a constexpr (row -> token, head by constants); index math is 32-bit unless an offset can pass 2^31.
-Loads carry L2 hints (HINTS heuristic): weight evict_last, x / residual evict_first. On an H200 they gain 3-5%
-for rows of 4096 at 256-4096 tokens and up to 5% for 4096 rows of 1024, but cost 2-12% for 16-256 rows of 1024,
-so narrow rows load without them below 2048 rows (per-head rows were measured with them only).
+L2 hints on the loads (weight evict_last, x / residual evict_first; HINTS heuristic) only for per-head rows: on
+an H200, timed like for like against torch.compile, rows of hidden size ran as fast or faster without them
+(16-256 rows of 1024 or 4096: 4-10% faster; 4096-16384 rows of 4096: 2-4%; 2048-4096 rows of 1024: even),
+the one loss being up to 5% at 8192-16384 rows of 1024 (rms_norm). Per-head rows were measured with them only.
 Under Triton's CPU interpreter a launch without config= runs INTERPRET_CONFIG / HEAD_INTERPRET_CONFIG, its
 ROWS cut to next_pow2(rows): many rows per program, because the interpreter's cost is per program and per
 op (masked lanes included), not per byte. The GPU runs the tuned choice from CONFIGS / HEAD_CONFIGS.
@@ -149,7 +150,7 @@ def _rms_norm_kernel(
 HEURISTICS = {
     "EVEN_N": lambda a: a["n_cols"] == a["BLOCK_N"],
     "EVEN_ROWS": lambda a: a["n_rows"] % a["ROWS"] == 0,
-    "HINTS": lambda a: a["n_cols"] >= 2048 or a["n_rows"] >= 2048 or a["NH"] > 1,  # (see the docstring)
+    "HINTS": lambda a: a["NH"] > 1,  # (see the docstring)
 }
 # In-place calls (out=x, residual_out=residual) are tuned on copies of the outputs: no restore_value, whose
 # clone-and-copy-back of x and r the tuner would time with every trial (4 extra passes over memory).
