@@ -355,7 +355,6 @@ def _rows_masked_like_before(x, r, w, y, ro, config, has_residual):
     _rms_norm_kernel[(triton.cdiv(t, config.kwargs["ROWS"]),)](
         x, r, w, y, ro, t, h, next_pow2(t), x.stride(0), 0, r.stride(0), y.stride(0), 0, ro.stride(0), 1e-6,
         HAS_RESIDUAL=has_residual, NH=1, BLOCK_N=next_pow2(h), EVEN_N=False, EVEN_ROWS=False, OFFS_64=True,
-        HINTS=True,
         **config.all_kwargs(),
     )
 
@@ -369,7 +368,6 @@ def _heads_masked_like_before(q, w, y, config):
     _rms_norm_kernel[(triton.cdiv(t * nh, config.kwargs["ROWS"]),)](
         q, q, w, y, y, t * nh, d, next_pow2(t * nh), q.stride(0), q.stride(1), 0, y.stride(0), y.stride(1), 0,
         1e-6, HAS_RESIDUAL=False, NH=nh, BLOCK_N=next_pow2(d), EVEN_N=False, EVEN_ROWS=False, OFFS_64=True,
-        HINTS=True,
         **config.all_kwargs(),
     )
 

@@ -18,10 +18,10 @@ All three run one kernel: a tile of ROWS rows x next_pow2(H) columns per program
 Specialised as Inductor specialises to exact sizes, without losing generality: a tile with H == next_pow2(H)
 and rows % ROWS == 0 loads and stores with no mask (EVEN_N / EVEN_ROWS heuristics, per config); the head
 count is a constexpr (row -> token, head by constants); index math is 32-bit unless an offset can pass 2^31.
-L2 hints on the loads (weight evict_last, x / residual evict_first; HINTS heuristic) only for per-head rows: on
-an H200, timed like for like against torch.compile, rows of hidden size ran as fast or faster without them
-(16-256 rows of 1024 or 4096: 4-10% faster; 4096-16384 rows of 4096: 2-4%; 2048-4096 rows of 1024: even),
-the one loss being up to 5% at 8192-16384 rows of 1024 (rms_norm). Per-head rows were measured with them only.
+No L2 eviction hints: on an H200, timed like for like against torch.compile, evict_first on x / residual and
+evict_last on the weight cost 4-10% at 1-256 tokens (head rows and rows of 1024 / 4096 alike) and 2-4% at
+4096-16384 tokens of 4096, and gained up to 5% only at 8192-16384 rows of 1024 (rms_norm) and 2% for head
+rows at 4096 tokens.
 Under Triton's CPU interpreter a launch without config= runs INTERPRET_CONFIG / HEAD_INTERPRET_CONFIG, its
 ROWS cut to next_pow2(rows): many rows per program, because the interpreter's cost is per program and per
 op (masked lanes included), not per byte. The GPU runs the tuned choice from CONFIGS / HEAD_CONFIGS.
@@ -88,20 +88,16 @@ def _rms_norm_kernel(
     EVEN_N: tl.constexpr,  # N == BLOCK_N: no column mask (heuristic)
     EVEN_ROWS: tl.constexpr,  # n_rows % ROWS == 0: every tile full, no row mask (heuristic)
     OFFS_64: tl.constexpr,  # some element offset may pass 2^31 (launcher check): 64-bit index math
-    HINTS: tl.constexpr,  # L2 eviction hints on the loads (heuristic)
 ):
-    XE: tl.constexpr = "evict_first" if HINTS else ""
-    WE: tl.constexpr = "evict_last" if HINTS else ""
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     cols = tl.arange(0, BLOCK_N)
     # Full tiles (both flags) load and store with no mask at all, as Inductor's size-specialised kernels do.
     FULL: tl.constexpr = EVEN_N and EVEN_ROWS
-    # The weight first: its load overlaps x's instead of following the reduction. Cache hints: every
-    # program re-reads the weight (keep it in L2), x and the residual are read once (evict them first).
+    # The weight first: its load overlaps x's instead of following the reduction.
     if EVEN_N:
-        w = tl.load(w_ptr + cols, eviction_policy=WE).to(tl.float32)
+        w = tl.load(w_ptr + cols).to(tl.float32)
     else:
-        w = tl.load(w_ptr + cols, mask=cols < n_cols, other=0.0, eviction_policy=WE).to(tl.float32)
+        w = tl.load(w_ptr + cols, mask=cols < n_cols, other=0.0).to(tl.float32)
     if not FULL:
         mask = tile_mask(rows, cols, n_rows, n_cols, EVEN_ROWS, EVEN_N)
     if OFFS_64:  # only when T x row stride can pass 2^31 (long prefills over wide rows)
@@ -117,17 +113,17 @@ def _rms_norm_kernel(
         yo = t * stride_yt + h * stride_yh
     x_ptrs = x_ptr + xo[:, None] + cols[None, :]
     if FULL:
-        x = tl.load(x_ptrs, eviction_policy=XE)
+        x = tl.load(x_ptrs)
     else:
-        x = tl.load(x_ptrs, mask=mask, other=0.0, eviction_policy=XE)
+        x = tl.load(x_ptrs, mask=mask, other=0.0)
     x = x.to(tl.float32)
     if HAS_RESIDUAL:
         r_ptrs = r_ptr + (t * stride_rt)[:, None] + cols[None, :]
         ro_ptrs = ro_ptr + (t * stride_rot)[:, None] + cols[None, :]
         if FULL:
-            r = tl.load(r_ptrs, eviction_policy=XE)
+            r = tl.load(r_ptrs)
         else:
-            r = tl.load(r_ptrs, mask=mask, other=0.0, eviction_policy=XE)
+            r = tl.load(r_ptrs, mask=mask, other=0.0)
         # The residual stream is kept in the model dtype; normalise the rounded sum.
         s = (x + r.to(tl.float32)).to(ro_ptr.dtype.element_ty)
         if FULL:
@@ -150,7 +146,6 @@ def _rms_norm_kernel(
 HEURISTICS = {
     "EVEN_N": lambda a: a["n_cols"] == a["BLOCK_N"],
     "EVEN_ROWS": lambda a: a["n_rows"] % a["ROWS"] == 0,
-    "HINTS": lambda a: a["NH"] > 1,  # (see the docstring)
 }
 # In-place calls (out=x, residual_out=residual) are tuned on copies of the outputs: no restore_value, whose
 # clone-and-copy-back of x and r the tuner would time with every trial (4 extra passes over memory).
