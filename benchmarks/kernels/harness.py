@@ -103,14 +103,15 @@ def report(rows: list[Row], ceilings: dict, name: str) -> Path:
     print(f"{'kernel':<22} {'shape':<28} {'us':>9} {'GB/s':>8} {'%copy':>6} {'TFLOP/s':>8} {'%mm':>5}  peers (x = peer us / ours, like for like)")
     out = []
     for r in rows:
-        peers = " ".join(f"{k}:{x:.2f}x" for k, x in r.peer_ratios().items())
+        ratios = r.peer_ratios()
+        peers = " ".join(f"{k}:{x:.2f}x" for k, x in ratios.items())
         print(
             f"{r.kernel:<22} {r.shape:<28} {r.us:9.2f} {r.gbps():8.0f} {100 * r.gbps() / copy_gbps:6.1f} "
             f"{r.tflops():8.1f} {100 * r.tflops() / mm:5.1f}  {peers}"
         )
         d = asdict(r)
         d.update(GBps=r.gbps(), pct_copy=100 * r.gbps() / copy_gbps, TFLOPs=r.tflops(), pct_mm=100 * r.tflops() / mm,
-                 peer_ratios=r.peer_ratios())
+                 peer_ratios=ratios)
         out.append(d)
     path = RESULTS / gpu_name() / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
