@@ -169,8 +169,7 @@ def _check_bit_identical_to_masked(tokens, f, dtype, device):
         y = silu_and_mul(x, config=config)
         y0 = torch.empty_like(y)
         _silu_and_mul_kernel[(triton.cdiv(tokens * f, config.kwargs["XBLOCK"]),)](
-            x, y0, tokens * f, next_pow2(tokens), x.stride(0), y0.stride(0),
-            F=f, EVEN=False, OFFS_64=True, **config.all_kwargs(),
+            x, y0, tokens * f, next_pow2(tokens), F=f, SXT=x.stride(0), SYT=y0.stride(0), EVEN=False, OFFS_64=True, **config.all_kwargs(),
         )
         assert torch.equal(y, y0), config
 

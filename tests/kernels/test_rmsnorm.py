@@ -265,7 +265,7 @@ _EXPECTED_FLAGS = {
 
 
 def _flags(n_rows, n_cols, rows):
-    a = {"n_rows": n_rows, "n_cols": n_cols, "BLOCK_N": next_pow2(n_cols), "ROWS": rows}
+    a = {"n_rows": n_rows, "N": n_cols, "BLOCK_N": next_pow2(n_cols), "ROWS": rows}
     return HEURISTICS["EVEN_N"](a), HEURISTICS["EVEN_ROWS"](a)
 
 
@@ -353,8 +353,8 @@ def _rows_masked_like_before(x, r, w, y, ro, config, has_residual):
 
     t, h = x.shape
     _rms_norm_kernel[(triton.cdiv(t, config.kwargs["ROWS"]),)](
-        x, r, w, y, ro, t, h, next_pow2(t), x.stride(0), 0, r.stride(0), y.stride(0), 0, ro.stride(0), 1e-6,
-        HAS_RESIDUAL=has_residual, NH=1, BLOCK_N=next_pow2(h), EVEN_N=False, EVEN_ROWS=False, OFFS_64=True,
+        x, r, w, y, ro, t, next_pow2(t), N=h, SXT=x.stride(0), SXH=0, SRT=r.stride(0), SYT=y.stride(0), SYH=0,
+        SROT=ro.stride(0), EPS=1e-6, HAS_RESIDUAL=has_residual, NH=1, BLOCK_N=next_pow2(h), EVEN_N=False, EVEN_ROWS=False, OFFS_64=True,
         **config.all_kwargs(),
     )
 
@@ -366,8 +366,8 @@ def _heads_masked_like_before(q, w, y, config):
 
     t, nh, d = q.shape
     _rms_norm_kernel[(triton.cdiv(t * nh, config.kwargs["ROWS"]),)](
-        q, q, w, y, y, t * nh, d, next_pow2(t * nh), q.stride(0), q.stride(1), 0, y.stride(0), y.stride(1), 0,
-        1e-6, HAS_RESIDUAL=False, NH=nh, BLOCK_N=next_pow2(d), EVEN_N=False, EVEN_ROWS=False, OFFS_64=True,
+        q, q, w, y, y, t * nh, next_pow2(t * nh), N=d, SXT=q.stride(0), SXH=q.stride(1), SRT=0, SYT=y.stride(0),
+        SYH=y.stride(1), SROT=0, EPS=1e-6, HAS_RESIDUAL=False, NH=nh, BLOCK_N=next_pow2(d), EVEN_N=False, EVEN_ROWS=False, OFFS_64=True,
         **config.all_kwargs(),
     )
 

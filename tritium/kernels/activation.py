@@ -5,8 +5,8 @@
 computed in fp32 and rounded once to x's dtype. x: fp16, bf16 or fp32, rows of any stride with a
 contiguous last dim (e.g. the output of a fused gate|up projection); out [T, F] likewise.
 Flat in 1-D, as Inductor's pointwise kernels are: program p computes outputs i = p * XBLOCK + [0, XBLOCK)
-of the T * F in row-major order, row = i // F and col = i % F (F a constexpr, one compile per size: both
-are multiply-shifts, and the compiler sees col contiguous in runs of gcd(XBLOCK, F), so with 16-aligned
+of the T * F in row-major order, row = i // F and col = i % F (F and the row strides are constexprs, one
+compile per layout: the divisions are multiply-shifts, and the compiler sees col contiguous in runs of gcd(XBLOCK, F), so with 16-aligned
 rows the loads are 16-byte vectors, as on the 2-D tiles before). Every
 program moves the same bytes whatever T and F are; a program may span rows, or a row several programs.
 When T * F % XBLOCK == 0 (EVEN heuristic, per config) no load or store is masked; index math is 32-bit
@@ -45,9 +45,9 @@ def _silu_and_mul_kernel(
     y_ptr,  # [T, F] output; last dim contiguous
     n_out,  # T * F
     rows_bucket,  # next_pow2(T) (autotune key)
-    stride_xt,  # x row stride
-    stride_yt,  # y row stride
     F: tl.constexpr,  # columns of y (autotune key)
+    SXT: tl.constexpr,  # x row stride
+    SYT: tl.constexpr,  # y row stride
     XBLOCK: tl.constexpr,  # outputs per program
     EVEN: tl.constexpr,  # n_out % XBLOCK == 0: no mask (heuristic)
     OFFS_64: tl.constexpr,  # some element offset may pass 2^31 (launcher check): 64-bit index math
@@ -58,8 +58,8 @@ def _silu_and_mul_kernel(
     i = start * XBLOCK + tl.arange(0, XBLOCK)
     row = i // F
     col = i % F
-    xp = x_ptr + row * stride_xt + col
-    yp = y_ptr + row * stride_yt + col
+    xp = x_ptr + row * SXT + col
+    yp = y_ptr + row * SYT + col
     # Full blocks load and store with no mask at all, as Inductor's size-specialised kernels do.
     if EVEN:
         a = tl.load(xp).to(tl.float32)
@@ -111,7 +111,7 @@ def silu_and_mul(x, *, out=None, config=None):
         ((n, 2 * f), (x.stride(0), 1)), ((n, f), (out.stride(0), 1)))
     _kernel(
         lambda meta: (triton.cdiv(n_out, meta["XBLOCK"]),),
-        x, out, n_out, next_pow2(n), x.stride(0), out.stride(0), F=f, OFFS_64=offs_64, config=config,
+        x, out, n_out, next_pow2(n), F=f, SXT=x.stride(0), SYT=out.stride(0), OFFS_64=offs_64, config=config,
     )
     return out
 

@@ -8,6 +8,8 @@ k_cache, v_cache: [num_blocks, B, Hkv, D] (any strides, contiguous last dim), th
 padding), and so does any slot >= num_blocks * B (never written out of bounds). Exact copy. B: any block
 size (the engine uses powers of two, 16..256), a compile-time constant of the kernel.
 Tiled in 2-D over (tokens, Hkv * D columns): each program copies BLOCK_T rows of BLOCK_C elements.
+Hkv * D and every stride are constexprs (one compile per layout, as the engine's layers share one): no
+stride arguments to load before the first address, and multiplies by constants.
 Under Triton's CPU interpreter a launch without config= runs INTERPRET_CONFIG with its blocks cut to
 next_pow2 of T and Hkv * D: many tokens per program, as the interpreter's cost is per program and per op.
 """
@@ -32,7 +34,7 @@ CONFIGS = [
 # The interpreter's config (never used on the GPU): up to 128 tokens x 1024 columns (Qwen3's Hkv * D) per
 # program, so a 329-token prefill is 3 programs instead of 329.
 INTERPRET_CONFIG = triton.Config({"BLOCK_T": 128, "BLOCK_C": 1024}, num_warps=8)
-KEY = ["tokens_bucket", "n_cols", "HEAD_DIM"]
+KEY = ["tokens_bucket", "N_COLS", "HEAD_DIM"]
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
@@ -45,11 +47,11 @@ def _store_kv_kernel(
     slot_ptr,  # [T] int32/int64
     n_tokens,  # T
     tokens_bucket,  # next_pow2(T) (autotune key)
-    n_cols,  # H * D (autotune key)
     n_slots,  # num_blocks * B
-    stride_kt, stride_kh, stride_vt, stride_vh,
-    stride_kcb, stride_kcs, stride_kch,  # k_cache strides of dims 0, 1, 2
-    stride_vcb, stride_vcs, stride_vch,  # v_cache strides of dims 0, 1, 2
+    N_COLS: tl.constexpr,  # H * D (autotune key)
+    SKT: tl.constexpr, SKH: tl.constexpr, SVT: tl.constexpr, SVH: tl.constexpr,  # k, v strides of dims 0, 1
+    SKCB: tl.constexpr, SKCS: tl.constexpr, SKCH: tl.constexpr,  # k_cache strides of dims 0, 1, 2
+    SVCB: tl.constexpr, SVCS: tl.constexpr, SVCH: tl.constexpr,  # v_cache strides of dims 0, 1, 2
     HEAD_DIM: tl.constexpr,  # D
     BLOCK_SIZE: tl.constexpr,  # B: a constant, so slot // B and slot % B are shifts, not a 64-bit division
     BLOCK_T: tl.constexpr,
@@ -58,7 +60,7 @@ def _store_kv_kernel(
     t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     t_ok = t < n_tokens
-    c_ok = (c < n_cols)[None, :]
+    c_ok = (c < N_COLS)[None, :]
     h = (c // HEAD_DIM)[None, :]
     d = (c % HEAD_DIM)[None, :]
     t64 = t.to(tl.int64)[:, None]
@@ -67,13 +69,13 @@ def _store_kv_kernel(
     # the stores.
     slot = tl.load(slot_ptr + t, mask=t_ok, other=-1).to(tl.int64)
     in_mask = t_ok[:, None] & c_ok
-    k = tl.load(k_ptr + t64 * stride_kt + h * stride_kh + d, mask=in_mask)
-    v = tl.load(v_ptr + t64 * stride_vt + h * stride_vh + d, mask=in_mask)
+    k = tl.load(k_ptr + t64 * SKT + h * SKH + d, mask=in_mask)
+    v = tl.load(v_ptr + t64 * SVT + h * SVH + d, mask=in_mask)
     mask = ((slot >= 0) & (slot < n_slots))[:, None] & c_ok
     blk = (slot // BLOCK_SIZE)[:, None]
     off = (slot % BLOCK_SIZE)[:, None]
-    tl.store(kc_ptr + blk * stride_kcb + off * stride_kcs + h * stride_kch + d, k, mask=mask)
-    tl.store(vc_ptr + blk * stride_vcb + off * stride_vcs + h * stride_vch + d, v, mask=mask)
+    tl.store(kc_ptr + blk * SKCB + off * SKCS + h * SKCH + d, k, mask=mask)
+    tl.store(vc_ptr + blk * SVCB + off * SVCS + h * SVCH + d, v, mask=mask)
 
 
 # Re-running a trial config writes the same values, so tuning needs no restore and no copies (tune_on_copies
@@ -119,10 +121,10 @@ def store_kv(k, v, k_cache, v_cache, slot_mapping, *, config=None) -> None:
         )
     _kernel(
         lambda meta: (triton.cdiv(n, meta["BLOCK_T"]), triton.cdiv(h * d, meta["BLOCK_C"])),
-        k, v, k_cache, v_cache, slot_mapping, n, next_pow2(n), h * d, k_cache.shape[0] * k_cache.shape[1],
-        k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+        k, v, k_cache, v_cache, slot_mapping, n, next_pow2(n), k_cache.shape[0] * k_cache.shape[1], N_COLS=h * d,
+        SKT=k.stride(0), SKH=k.stride(1), SVT=v.stride(0), SVH=v.stride(1),
+        SKCB=k_cache.stride(0), SKCS=k_cache.stride(1), SKCH=k_cache.stride(2),
+        SVCB=v_cache.stride(0), SVCS=v_cache.stride(1), SVCH=v_cache.stride(2),
         HEAD_DIM=d, BLOCK_SIZE=k_cache.shape[1], config=config,
     )
 
