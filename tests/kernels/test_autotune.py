@@ -27,14 +27,15 @@ CONFIGS = [triton.Config({"BLOCK": 4}, num_warps=1), triton.Config({"BLOCK": 8},
 
 
 class _Timer:
-    """Stand-in for do_bench: runs each trial 3 times (as a real timer does) and makes BLOCK=8 win."""
+    """Stand-in for do_bench: runs each trial `calls` times (as a real timer does) and makes BLOCK=8 win."""
 
-    def __init__(self):
+    def __init__(self, calls=3):
         self.trials = 0
+        self.calls = calls
 
     def __call__(self, kernel_call, quantiles):
         self.trials += 1
-        for _ in range(3):
+        for _ in range(self.calls):
             kernel_call()
         t = 1.0 if self.trials % 2 == 0 else 2.0  # configs are timed in CONFIGS order: the second wins
         return [t, t, t]
@@ -83,6 +84,46 @@ def test_without_copies_the_trials_clobber_the_input():
     _launch(tk, x)
     assert timer.trials == 2
     assert not torch.equal(x, x0 * 2 + 1)
+
+
+def _twice_plus_one(x, k):
+    """x after k launches of _affine_kernel (x <- 2 x + 1)."""
+    return x * 2**k + (2**k - 1)
+
+
+def test_rotated_trials_cycle_over_copies(monkeypatch):
+    """rotate=: every config's trial cycles over enough copies of the streamed tensor to pass ROTATE_BYTES
+    (here 3 copies), every config is compiled (launched once on the first copy) before any is timed, the
+    winner is cached under triton's key, and the caller's tensor sees exactly one launch."""
+    made = []
+
+    def recording_copies(*a):
+        made.append(with_copies(*a))
+        return made[-1]
+
+    monkeypatch.setattr(at, "with_copies", recording_copies)
+    monkeypatch.setattr(at, "ROTATE_BYTES", 3 * 13 * 4)  # three sets of 13 fp32
+    timer = _Timer(calls=3)
+    monkeypatch.setattr(at, "graph_bench", timer)
+    tuner = triton.autotune(configs=CONFIGS, key=["n_bucket"], do_bench=lambda *a, **k: pytest.fail("triton timed"))(
+        _affine_kernel)
+    tk = TunedKernel(fn=_affine_kernel, configs=CONFIGS, tuner=tuner, tune_on_copies=("x_ptr",), rotate=("x_ptr",))
+    buf = torch.randn(2 * 13)
+    x = buf[::2]
+    before = buf.clone()
+    _launch(tk, x)
+    assert timer.trials == 2 * at.TUNE_ROUNDS and len(made) == 3
+    copies = [args[0] for args, _ in made]
+    assert len({c.data_ptr() for c in copies} | {x.data_ptr()}) == 4 and all(c.stride() == (2,) for c in copies)
+    # set 0: one compile launch per config + one trial call per config and round; sets 1, 2: the trial calls
+    trial_calls = 2 * at.TUNE_ROUNDS
+    for c, launches in zip(copies, (2 + trial_calls, trial_calls, trial_calls)):
+        assert torch.allclose(c, _twice_plus_one(before[::2], launches))
+    assert torch.equal(x, _twice_plus_one(before[::2], 1)) and torch.equal(buf[1::2], before[1::2])
+    key = tuning_key(tk.tuner.arg_names, tk.tuner.keys, (x, 13, 16, 2), {})
+    assert list(tk.tuner.cache) == [key] and tk.tuner.cache[key].kwargs["BLOCK"] == 8
+    _launch(tk, x)  # tuned key: no more trials
+    assert timer.trials == 2 * at.TUNE_ROUNDS and torch.equal(x, _twice_plus_one(before[::2], 2))
 
 
 def test_tuning_key_includes_dtypes_and_kwargs():
@@ -142,6 +183,19 @@ def test_gpu_tuned_in_place_kernel_sees_one_launch():
     assert len(tk.tuner.cache) == 1
     assert torch.equal(x, before[::2] * 2 + 1)
     assert torch.equal(buf[1::2], before[1::2])
+
+
+@pytest.mark.gpu
+def test_gpu_rotated_tuning_launches_once():
+    """Rotated trials on the GPU (graph-timed, copies passing the L2): a config is cached and the caller's
+    strided tensor is updated exactly once."""
+    tk = at.tuned(_affine_kernel, CONFIGS, key=["n_bucket"], tune_on_copies=("x_ptr",), rotate=("x_ptr",))
+    buf = torch.randn(2 * 100_000, device="cuda")
+    x = buf[::2]
+    before = buf.clone()
+    _launch(tk, x)
+    assert len(tk.tuner.cache) == 1
+    assert torch.equal(x, before[::2] * 2 + 1) and torch.equal(buf[1::2], before[1::2])
 
 
 @triton.jit

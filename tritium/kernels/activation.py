@@ -6,8 +6,8 @@ computed in fp32 and rounded once to x's dtype. x: fp16, bf16 or fp32, rows of a
 contiguous last dim (e.g. the output of a fused gate|up projection); out [T, F] likewise.
 Flat in 1-D, as Inductor's pointwise kernels are: program p computes outputs i = p * XBLOCK + [0, XBLOCK)
 of the T * F in row-major order, row = i // F and col = i % F (F and the row strides are constexprs, one
-compile per layout: the divisions are multiply-shifts, and the compiler sees col contiguous in runs of gcd(XBLOCK, F), so with 16-aligned
-rows the loads are 16-byte vectors, as on the 2-D tiles before). Every
+compile per layout: the divisions are multiply-shifts, and the compiler sees col contiguous in runs of
+gcd(XBLOCK, F), so with 16-aligned rows the loads are 16-byte vectors, as on the 2-D tiles before). Every
 program moves the same bytes whatever T and F are; a program may span rows, or a row several programs.
 When T * F % XBLOCK == 0 (EVEN heuristic, per config) no load or store is masked; index math is 32-bit
 unless an offset can pass 2^31. No cache hints: evict_first on x measured slower on an H200.
@@ -31,6 +31,7 @@ CONFIGS = [
     triton.Config({"XBLOCK": 2048}, num_warps=8),
     triton.Config({"XBLOCK": 512}, num_warps=4),
     triton.Config({"XBLOCK": 512}, num_warps=8),
+    triton.Config({"XBLOCK": 256}, num_warps=2),  # more, shorter programs for launch-bound 1-16 token calls
 ]
 # The interpreter's config (never used on the GPU): 2^17 outputs per program (a 329-token prefill at
 # F = 1024 is 3 programs instead of 329 at XBLOCK = 1024).
@@ -77,7 +78,11 @@ def _silu_and_mul_kernel(
 
 # EVEN depends on the config's XBLOCK: a heuristic, evaluated per launch after the config is chosen.
 HEURISTICS = {"EVEN": lambda a: a["n_out"] % a["XBLOCK"] == 0}
-_kernel = tuned(_silu_and_mul_kernel, CONFIGS, key=KEY, interpret_config=INTERPRET_CONFIG, heuristics=HEURISTICS)
+# Trials stream through copies of x and y, as calls from a model's layers do.
+_kernel = tuned(
+    _silu_and_mul_kernel, CONFIGS, key=KEY, interpret_config=INTERPRET_CONFIG, heuristics=HEURISTICS,
+    rotate=("x_ptr", "y_ptr"),
+)
 
 
 def silu_and_mul(x, *, out=None, config=None):

@@ -78,9 +78,11 @@ def _store_kv_kernel(
     tl.store(vc_ptr + blk * SVCB + off * SVCS + h * SVCH + d, v, mask=mask)
 
 
-# Re-running a trial config writes the same values, so tuning needs no restore and no copies (tune_on_copies
-# would clone caches of gigabytes).
-_kernel = tuned(_store_kv_kernel, CONFIGS, key=KEY, interpret_config=INTERPRET_CONFIG)
+# Re-running a trial config writes the same values, so tuning needs no restore and no copies of the caches
+# (gigabytes); trials stream through copies of k, v and the slots.
+_kernel = tuned(
+    _store_kv_kernel, CONFIGS, key=KEY, interpret_config=INTERPRET_CONFIG, rotate=("k_ptr", "v_ptr", "slot_ptr")
+)
 
 
 def _check_kv(k, v, k_cache, v_cache, slot_mapping) -> None:

@@ -17,8 +17,9 @@ x / residual / out: fp16, bf16 or fp32, all the same dtype. weight: any float dt
 All three run one kernel: a tile of ROWS rows x next_pow2(H) columns per program, one pass over memory.
 Specialised as Inductor specialises to exact sizes, without losing generality: the size N, eps, the head
 count and the strides are constexprs (one compile per model layout; on an H200, against the same kernel
-with them as arguments, this took 0.02-0.08 us off the 1.5-2.6 us calls of 1-256 tokens); a tile with H == next_pow2(H) and rows % ROWS == 0 loads and stores with no mask (EVEN_N / EVEN_ROWS
-heuristics, per config); index math is 32-bit unless an offset can pass 2^31.
+with them as arguments, this took 0.02-0.08 us off the 1.5-2.6 us calls of 1-256 tokens); a tile with
+H == next_pow2(H) and rows % ROWS == 0 loads and stores with no mask (EVEN_N / EVEN_ROWS heuristics, per
+config); index math is 32-bit unless an offset can pass 2^31.
 No L2 eviction hints: on an H200, timed like for like against torch.compile, evict_first on x / residual and
 evict_last on the weight cost 4-10% at 1-256 tokens (head rows and rows of 1024 / 4096 alike) and 2-4% at
 4096-16384 tokens of 4096, and gained up to 5% only at 8192-16384 rows of 1024 (rms_norm) and 2% for head
@@ -50,13 +51,17 @@ CONFIGS = [
     triton.Config({"ROWS": 4}, num_warps=8),
     triton.Config({"ROWS": 8}, num_warps=8),
 ]
-# Rows of head_dim width (64..256): many rows per program so each one moves a few KiB.
+# Rows of head_dim width (64..256): many rows per program so each one moves a few KiB. 8-16 rows on 8 warps
+# were the fastest at 16-256 tokens of 16 or 32 heads (H200: 1.58-1.59 us at 0.6B 16 tokens, 1.67-1.79 for
+# the others).
 HEAD_CONFIGS = [
     triton.Config({"ROWS": 8}, num_warps=4),
     triton.Config({"ROWS": 4}, num_warps=2),
     triton.Config({"ROWS": 2}, num_warps=1),
     triton.Config({"ROWS": 16}, num_warps=4),
     triton.Config({"ROWS": 32}, num_warps=8),
+    triton.Config({"ROWS": 16}, num_warps=8),
+    triton.Config({"ROWS": 8}, num_warps=8),
 ]
 # The interpreter's configs (never used on the GPU): up to 128 rows / 512 head vectors per program, so a
 # 329-token prefill's norms run 3 programs instead of 329 (1316-5264 head vectors: 3-11, not 165-658).
@@ -150,13 +155,16 @@ HEURISTICS = {
 }
 # In-place calls (out=x, residual_out=residual) are tuned on copies of the outputs: no restore_value, whose
 # clone-and-copy-back of x and r the tuner would time with every trial (4 extra passes over memory).
+# Trials stream through copies of every tensor, as calls from a model's layers do.
 _OUTS = ("y_ptr", "ro_ptr")
+_STREAMED = ("x_ptr", "r_ptr", *_OUTS)
 _rows_kernel = tuned(
-    _rms_norm_kernel, CONFIGS, key=KEY, interpret_config=INTERPRET_CONFIG, tune_on_copies=_OUTS, heuristics=HEURISTICS
+    _rms_norm_kernel, CONFIGS, key=KEY, interpret_config=INTERPRET_CONFIG, tune_on_copies=_OUTS, heuristics=HEURISTICS,
+    rotate=_STREAMED,
 )
 _heads_kernel = tuned(
     _rms_norm_kernel, HEAD_CONFIGS, key=KEY, interpret_config=HEAD_INTERPRET_CONFIG, tune_on_copies=_OUTS,
-    heuristics=HEURISTICS,
+    heuristics=HEURISTICS, rotate=_STREAMED,
 )
 
 
