@@ -20,6 +20,7 @@ import os
 import torch
 
 from benchmarks.kernels.harness import GRAPH_CALLS, Row, compiled_or_none, time_us
+from tritium.autotune import rotation_sets
 
 MODELS = {
     "0.6B": dict(hidden=1024, heads=16, kv_heads=8, head_dim=128, inter=3072),
@@ -44,8 +45,7 @@ def randn(*shape, dtype=None):
 
 def input_sets(make, n_bytes: float) -> list:
     """Enough copies of make()'s inputs that cycling through them moves >= ROTATE_BYTES."""
-    n = max(1, min(MAX_SETS, math.ceil(ROTATE_BYTES / max(n_bytes, 1))))
-    return [make() for _ in range(n)]
+    return [make() for _ in range(rotation_sets(n_bytes, ROTATE_BYTES, MAX_SETS))]
 
 
 def cycling(fn, sets):

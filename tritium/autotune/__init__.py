@@ -50,6 +50,11 @@ def next_pow2(n: int) -> int:
     return 1 if n <= 1 else 1 << (int(n) - 1).bit_length()
 
 
+def rotation_sets(set_bytes: float, total_bytes: int, max_sets: int) -> int:
+    """How many copies of a set of `set_bytes` a cycle needs to move `total_bytes` (1 to max_sets)."""
+    return max(1, min(max_sets, math.ceil(total_bytes / max(set_bytes, 1))))
+
+
 def needs_int64(*views) -> bool:
     """True when an element offset a row kernel may form can pass 2^31 for one of `views` ((shape, strides)
     pairs, last dim contiguous): up to 512 padded rows past the end of every leading dim and a power-of-two
@@ -149,9 +154,12 @@ class TunedKernel:
         named = {**dict(zip(t.arg_names, args)), **kwargs}
         rotated = {id(v): v for n, v in named.items() if n in self.rotate and isinstance(v, torch.Tensor)}
         per_set = sum(v.numel() * v.element_size() for v in rotated.values())
-        n_sets = max(1, min(MAX_SETS, math.ceil(ROTATE_BYTES / max(per_set, 1))))
+        n_sets = rotation_sets(per_set, ROTATE_BYTES, MAX_SETS)
+        # The first set is the caller's own tensors, but for those trials must not write (tune_on_copies):
+        # a set of copies past the L2 would only add memory at warm-up.
+        sets = [with_copies(t.arg_names, self.tune_on_copies, args, kwargs)]
         names = (*self.rotate, *self.tune_on_copies)
-        sets = [with_copies(t.arg_names, names, args, kwargs) for _ in range(n_sets)]
+        sets += [with_copies(t.arg_names, names, args, kwargs) for _ in range(n_sets - 1)]
         timings, error = {}, None
         for config in t.configs:  # compile them all first
             try:
