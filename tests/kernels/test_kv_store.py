@@ -84,20 +84,26 @@ def test_non_power_of_two_block_size():
     _check(k, v, randn(3, 12, 1, 64), randn(3, 12, 1, 64), torch.tensor([0, 11, 12, 35, -1, 23]))
 
 
+@pytest.mark.parametrize("tokens, d", [(11, 192), (16, 128)], ids=["partial", "even"])
 @pytest.mark.parametrize("config", CONFIGS + [INTERPRET_CONFIG], ids=config_id)
-def test_every_config(config):
+def test_every_config(config, tokens, d):
+    # 11 x 2 x 192 elements: the last program is partial for every XBLOCK; 16 x 2 x 128 = 4096: full programs
+    # only (EVEN, no load mask) for every config but the interpreter's.
+    assert (tokens * 2 * d % config.kwargs["XBLOCK"] == 0) == (d == 128 and config is not INTERPRET_CONFIG)
     g = torch.Generator().manual_seed(3)
-    k, v = _kv(11, 2, 192, torch.float16, g, packed=True)  # 384 columns; 11 tokens: partial tiles
-    k_cache, v_cache = randn(2, 16, 2, 192, dtype=torch.float16), randn(2, 16, 2, 192, dtype=torch.float16)
-    _check(k, v, k_cache, v_cache, _slots(11, 32, 0.3, g, torch.int32), config=config)
+    k, v = _kv(tokens, 2, d, torch.float16, g, packed=True)
+    k_cache, v_cache = randn(2, 16, 2, d, dtype=torch.float16), randn(2, 16, 2, d, dtype=torch.float16)
+    _check(k, v, k_cache, v_cache, _slots(tokens, 32, 0.3, g, torch.int32), config=config)
 
 
 @pytest.mark.parametrize("dtype", CPU_DTYPES)
-def test_interpreter_config_over_several_tiles(dtype):
-    # The interpreter's widest tiles: 3 token tiles (the last partial) x 2 column tiles (1152 = 3 x 384 columns).
+def test_interpreter_config_over_several_programs(dtype):
+    # The interpreter's widest blocks: 3 programs (the last partial) over tokens of 1152 = 3 x 384 columns,
+    # so blocks start and end inside tokens.
     g = torch.Generator().manual_seed(4)
-    t = 2 * INTERPRET_CONFIG.kwargs["BLOCK_T"] + 5
-    assert INTERPRET_CONFIG.kwargs["BLOCK_C"] < 3 * 384 <= 2 * INTERPRET_CONFIG.kwargs["BLOCK_C"]
+    xblock = INTERPRET_CONFIG.kwargs["XBLOCK"]
+    t = 2 * xblock // 1152 + 5
+    assert 2 * xblock < t * 1152 < 3 * xblock and xblock % 1152
     k, v = _kv(t, 3, 384, dtype, g, packed=True)
     k_cache, v_cache = randn(20, 16, 3, 384, dtype=dtype, generator=g), randn(20, 16, 3, 384, dtype=dtype, generator=g)
     _check(k, v, k_cache, v_cache, _slots(t, 20 * 16, 0.3, g, torch.int64), config=INTERPRET_CONFIG)
