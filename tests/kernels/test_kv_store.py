@@ -11,8 +11,11 @@ from tritium.testing import randn
 CPU_DTYPES = [torch.float32, torch.float16]
 
 
-def _kv(t, h, d, dtype, g, packed, device="cpu"):
-    """k, v [t, h, d]: slices of a packed qkv tensor (strided) or separate contiguous tensors."""
+def _kv(t, h, d, dtype, g, packed, device="cpu", padded=False):
+    """k, v [t, h, d]: slices of a packed qkv tensor (strided), separate contiguous tensors, or (padded) heads
+    that lie d + 8 elements apart."""
+    if padded:
+        return tuple(randn(t, h, d + 8, dtype=dtype, generator=g).to(device)[..., 4 : 4 + d] for _ in "kv")
     if packed:
         qkv = randn(t, 4 * h * d, dtype=dtype, generator=g).to(device)  # 2h q heads, then k, then v
         return qkv[:, 2 * h * d : 3 * h * d].view(t, h, d), qkv[:, 3 * h * d :].view(t, h, d)
@@ -42,15 +45,19 @@ def _check(k, v, k_cache, v_cache, slots, **kw):
     dtype=st.sampled_from(CPU_DTYPES),
     slot_dtype=st.sampled_from([torch.int32, torch.int64]),
     holes=st.sampled_from([0.0, 0.3, 1.0]),
-    packed=st.booleans(),
+    layout=st.sampled_from(["packed", "contiguous", "padded"]),
+    padded_cache=st.booleans(),
     seed=st.integers(0, 2**16),
 )
-def test_store_matches_reference_exactly(t, h, d, block_size, dtype, slot_dtype, holes, packed, seed):
+def test_store_matches_reference_exactly(t, h, d, block_size, dtype, slot_dtype, holes, layout, padded_cache, seed):
+    # padded: heads d + 8 elements apart in k / v; padded_cache: heads d + 16 apart in the caches (the kernel's
+    # general head offset, not the packed one)
     g = torch.Generator().manual_seed(seed)
     num_blocks = 1 + (t + 3) // block_size + 2
-    k, v = _kv(t, h, d, dtype, g, packed)
-    k_cache = randn(num_blocks, block_size, h, d, dtype=dtype, generator=g)
-    v_cache = randn(num_blocks, block_size, h, d, dtype=dtype, generator=g)
+    k, v = _kv(t, h, d, dtype, g, layout == "packed", padded=layout == "padded")
+    pad = 16 if padded_cache else 0
+    k_cache = randn(num_blocks, block_size, h, d + pad, dtype=dtype, generator=g)[..., pad // 2 : pad // 2 + d]
+    v_cache = randn(num_blocks, block_size, h, d + pad, dtype=dtype, generator=g)[..., pad // 2 : pad // 2 + d]
     slots = _slots(t, num_blocks * block_size, holes, g, slot_dtype)
     _check(k, v, k_cache, v_cache, slots)
     # every kept token landed exactly at its slot

@@ -44,6 +44,17 @@ DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 @triton.jit
+def _head_col(c, S_HEAD: tl.constexpr, HEAD_DIM: tl.constexpr):
+    """Offset of column c = head * HEAD_DIM + dim in a row whose heads lie S_HEAD elements apart: c itself
+    when they are packed (S_HEAD == HEAD_DIM), as the compiler does not see (c // D) * D + c % D == c."""
+    if S_HEAD == HEAD_DIM:
+        off = c
+    else:
+        off = (c // HEAD_DIM) * S_HEAD + c % HEAD_DIM
+    return off
+
+
+@triton.jit
 def _store_kv_kernel(
     k_ptr,  # [T, H, D]
     v_ptr,  # [T, H, D]
@@ -69,25 +80,25 @@ def _store_kv_kernel(
     i = start * XBLOCK + tl.arange(0, XBLOCK)
     t = i // N_COLS
     c = i % N_COLS
-    h = c // HEAD_DIM
-    d = c % HEAD_DIM
     # k, v and the slot load all go out together: a skipped token's row is read, never written; the
     # slot's test masks the stores only.
+    k_ptrs = k_ptr + t * SKT + _head_col(c, SKH, HEAD_DIM)
+    v_ptrs = v_ptr + t * SVT + _head_col(c, SVH, HEAD_DIM)
     if EVEN:
         slot = tl.load(slot_ptr + t)
-        k = tl.load(k_ptr + t * SKT + h * SKH + d)
-        v = tl.load(v_ptr + t * SVT + h * SVH + d)
+        k = tl.load(k_ptrs)
+        v = tl.load(v_ptrs)
     else:
         ok = i < n_elems
         slot = tl.load(slot_ptr + t, mask=ok, other=-1)
-        k = tl.load(k_ptr + t * SKT + h * SKH + d, mask=ok)
-        v = tl.load(v_ptr + t * SVT + h * SVH + d, mask=ok)
+        k = tl.load(k_ptrs, mask=ok)
+        v = tl.load(v_ptrs, mask=ok)
     slot = slot.to(tl.int64)
     keep = (slot >= 0) & (slot < n_slots)
     blk = slot // BLOCK_SIZE
     off = slot % BLOCK_SIZE
-    tl.store(kc_ptr + blk * SKCB + off * SKCS + h * SKCH + d, k, mask=keep)
-    tl.store(vc_ptr + blk * SVCB + off * SVCS + h * SVCH + d, v, mask=keep)
+    tl.store(kc_ptr + blk * SKCB + off * SKCS + _head_col(c, SKCH, HEAD_DIM), k, mask=keep)
+    tl.store(vc_ptr + blk * SVCB + off * SVCS + _head_col(c, SVCH, HEAD_DIM), v, mask=keep)
 
 
 # EVEN depends on the config's XBLOCK: a heuristic, evaluated per launch after the config is chosen.
