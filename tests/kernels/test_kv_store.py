@@ -11,14 +11,15 @@ from tritium.testing import randn
 CPU_DTYPES = [torch.float32, torch.float16]
 
 
-def _kv(t, h, d, dtype, g, packed, device="cpu", padded=False):
-    """k, v [t, h, d]: slices of a packed qkv tensor (strided), separate contiguous tensors, or (padded) heads
-    that lie d + 8 elements apart."""
-    if padded:
-        return tuple(randn(t, h, d + 8, dtype=dtype, generator=g).to(device)[..., 4 : 4 + d] for _ in "kv")
-    if packed:
+def _kv(t, h, d, dtype, g, layout="packed", device="cpu"):
+    """k, v [t, h, d] in one of three layouts: "packed" (slices of a packed qkv tensor, strided rows),
+    "contiguous" (separate tensors) or "padded" (heads d + 8 elements apart)."""
+    if layout == "packed":
         qkv = randn(t, 4 * h * d, dtype=dtype, generator=g).to(device)  # 2h q heads, then k, then v
         return qkv[:, 2 * h * d : 3 * h * d].view(t, h, d), qkv[:, 3 * h * d :].view(t, h, d)
+    if layout == "padded":
+        return tuple(randn(t, h, d + 8, dtype=dtype, generator=g).to(device)[..., 4 : 4 + d] for _ in "kv")
+    assert layout == "contiguous", layout
     return randn(t, h, d, dtype=dtype, generator=g).to(device), randn(t, h, d, dtype=dtype, generator=g).to(device)
 
 
@@ -54,7 +55,7 @@ def test_store_matches_reference_exactly(t, h, d, block_size, dtype, slot_dtype,
     # general head offset, not the packed one)
     g = torch.Generator().manual_seed(seed)
     num_blocks = 1 + (t + 3) // block_size + 2
-    k, v = _kv(t, h, d, dtype, g, layout == "packed", padded=layout == "padded")
+    k, v = _kv(t, h, d, dtype, g, layout)
     pad = 16 if padded_cache else 0
     k_cache = randn(num_blocks, block_size, h, d + pad, dtype=dtype, generator=g)[..., pad // 2 : pad // 2 + d]
     v_cache = randn(num_blocks, block_size, h, d + pad, dtype=dtype, generator=g)[..., pad // 2 : pad // 2 + d]
@@ -98,7 +99,7 @@ def test_every_config(config, tokens, d):
     # only (EVEN, no load mask) for every config but the interpreter's.
     assert (tokens * 2 * d % config.kwargs["XBLOCK"] == 0) == (d == 128 and config is not INTERPRET_CONFIG)
     g = torch.Generator().manual_seed(3)
-    k, v = _kv(tokens, 2, d, torch.float16, g, packed=True)
+    k, v = _kv(tokens, 2, d, torch.float16, g)
     k_cache, v_cache = randn(2, 16, 2, d, dtype=torch.float16), randn(2, 16, 2, d, dtype=torch.float16)
     _check(k, v, k_cache, v_cache, _slots(tokens, 32, 0.3, g, torch.int32), config=config)
 
@@ -111,7 +112,7 @@ def test_interpreter_config_over_several_programs(dtype):
     xblock = INTERPRET_CONFIG.kwargs["XBLOCK"]
     t = 2 * xblock // 1152 + 5
     assert 2 * xblock < t * 1152 < 3 * xblock and xblock % 1152
-    k, v = _kv(t, 3, 384, dtype, g, packed=True)
+    k, v = _kv(t, 3, 384, dtype, g)
     k_cache, v_cache = randn(20, 16, 3, 384, dtype=dtype, generator=g), randn(20, 16, 3, 384, dtype=dtype, generator=g)
     _check(k, v, k_cache, v_cache, _slots(t, 20 * 16, 0.3, g, torch.int64), config=INTERPRET_CONFIG)
 
@@ -152,7 +153,7 @@ def test_gpu_bf16(block_size, tokens):
     dt, h, d = torch.bfloat16, 8, 128
     g = torch.Generator().manual_seed(tokens)
     num_blocks = 2 * tokens // block_size + 4
-    k, v = _kv(tokens, h, d, dt, g, packed=True, device="cuda")
+    k, v = _kv(tokens, h, d, dt, g, device="cuda")
     k_cache = randn(num_blocks, block_size, h, d, dtype=dt, device="cuda")
     v_cache = randn(num_blocks, block_size, h, d, dtype=dt, device="cuda")
     slots = _slots(tokens, num_blocks * block_size, 0.2, g, torch.int32).cuda()
