@@ -117,6 +117,18 @@ def test_interpreter_config_over_several_programs(dtype):
     _check(k, v, k_cache, v_cache, _slots(t, 20 * 16, 0.3, g, torch.int64), config=INTERPRET_CONFIG)
 
 
+def test_64_bit_index_path_matches(monkeypatch):
+    """The OFFS_64 branch (taken only when an offset into k or v can pass 2^31, too large to allocate here)
+    writes the same slots as the reference."""
+    import tritium.autotune as at
+
+    g = torch.Generator().manual_seed(5)
+    k, v = _kv(13, 2, 64, torch.float32, g, "padded")
+    k_cache, v_cache = randn(4, 16, 2, 64, generator=g), randn(4, 16, 2, 64, generator=g)
+    monkeypatch.setattr(at, "needs_int64", lambda *views: True)  # what flat_launch asks
+    _check(k, v, k_cache, v_cache, _slots(13, 64, 0.3, g, torch.int32))
+
+
 def test_empty_input():
     k_cache = randn(1, 16, 2, 64)
     store_kv(torch.empty(0, 2, 64), torch.empty(0, 2, 64), k_cache, k_cache.clone(), torch.empty(0, dtype=torch.int32))

@@ -66,6 +66,18 @@ def needs_int64(*views) -> bool:
     return False
 
 
+def flat_launch(n_elems: int, config, interpret_config: triton.Config, *views) -> tuple:
+    """(config, OFFS_64) for a flat 1-D kernel whose programs take XBLOCK of n_elems elements each.
+    config: as given; under the interpreter without one, interpret_config with XBLOCK cut to
+    next_pow2(n_elems) (few, wide programs, as the interpreter's cost is per program and per op).
+    OFFS_64: 64-bit index math when the flat index (i < n_elems + XBLOCK, interpret_config's XBLOCK being the
+    widest; a wrapped i would pass the mask) or an offset into one of `views` (needs_int64) can pass 2^31."""
+    if config is None and INTERPRET:
+        xblock = min(interpret_config.kwargs["XBLOCK"], next_pow2(n_elems))
+        config = triton.Config({"XBLOCK": xblock}, num_warps=interpret_config.num_warps)
+    return config, n_elems + interpret_config.kwargs["XBLOCK"] >= 2**31 or needs_int64(*views)
+
+
 @triton.jit
 def tile_mask(rows, cols, n_rows, n_cols, EVEN_ROWS: tl.constexpr, EVEN_N: tl.constexpr):
     """[rows, cols] bounds mask of a 2-D tile that is not full (EVEN_ROWS / EVEN_N heuristics: at least one

@@ -20,8 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from tritium.autotune import needs_int64, next_pow2, tuned
-from tritium.platform import INTERPRET
+from tritium.autotune import flat_launch, next_pow2, tuned
 
 # Best measured on an H200 (bf16, CUDA graphs, XBLOCK / warps): 512 / 4 at T = 1, 1024 / 8 at T = 16,
 # 1024 / 4 at 0.6B T = 16384 and 8B T = 4096, 2048 / 8 at 8B T = 16384; XBLOCK 4096 and 2048 / 4 lost.
@@ -107,13 +106,8 @@ def silu_and_mul(x, *, out=None, config=None):
     if out.numel() == 0:
         return out
     n_out = n * f
-    if config is None and INTERPRET:  # the interpreter's block, no larger than the problem
-        xblock = min(INTERPRET_CONFIG.kwargs["XBLOCK"], next_pow2(n_out))
-        config = triton.Config({"XBLOCK": xblock}, num_warps=INTERPRET_CONFIG.num_warps)
-    # 64-bit when a row offset or the flat index itself (i < T F + XBLOCK; a wrapped i would pass the
-    # mask) can pass 2^31.
-    offs_64 = n_out + INTERPRET_CONFIG.kwargs["XBLOCK"] >= 2**31 or needs_int64(
-        ((n, 2 * f), (x.stride(0), 1)), ((n, f), (out.stride(0), 1)))
+    config, offs_64 = flat_launch(
+        n_out, config, INTERPRET_CONFIG, ((n, 2 * f), (x.stride(0), 1)), ((n, f), (out.stride(0), 1)))
     _kernel(
         lambda meta: (triton.cdiv(n_out, meta["XBLOCK"]),),
         x, out, n_out, next_pow2(n), F=f, SXT=x.stride(0), SYT=out.stride(0), OFFS_64=offs_64, config=config,

@@ -25,8 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from tritium.autotune import needs_int64, next_pow2, tuned
-from tritium.platform import INTERPRET
+from tritium.autotune import flat_launch, next_pow2, tuned
 
 # Measured on an H200 (bf16, 8 x 128 columns, CUDA graphs, 2026-11-28): XBLOCK 1024 and 512 on 4 warps within
 # 1-2% of each other from 16 to 4096 tokens, 512 / 2 best at 256 tokens in one run; 2048 / 8 ran 25-40% slower.
@@ -142,13 +141,7 @@ def store_kv(k, v, k_cache, v_cache, slot_mapping, *, config=None) -> None:
     if n == 0 or h * d == 0 or k_cache.shape[0] * k_cache.shape[1] == 0:
         return
     n_elems = n * h * d
-    if config is None and INTERPRET:  # the interpreter's block, no larger than the problem
-        xblock = min(INTERPRET_CONFIG.kwargs["XBLOCK"], next_pow2(n_elems))
-        config = triton.Config({"XBLOCK": xblock}, num_warps=INTERPRET_CONFIG.num_warps)
-    # 64-bit when the flat index (i < T H D + XBLOCK; a wrapped i would pass the mask) or a k / v offset
-    # can pass 2^31.
-    offs_64 = n_elems + INTERPRET_CONFIG.kwargs["XBLOCK"] >= 2**31 or needs_int64(
-        ((n, h, d), k.stride()), ((n, h, d), v.stride()))
+    config, offs_64 = flat_launch(n_elems, config, INTERPRET_CONFIG, ((n, h, d), k.stride()), ((n, h, d), v.stride()))
     _kernel(
         lambda meta: (triton.cdiv(n_elems, meta["XBLOCK"]),),
         k, v, k_cache, v_cache, slot_mapping, n_elems, next_pow2(n), k_cache.shape[0] * k_cache.shape[1],
