@@ -16,6 +16,9 @@
   add_rms_norm ran all configs from L2 and the tuner picked ROWS=1 in half the runs: 9.1 us from memory,
   where ROWS=2 ran 8.6 (H200). Every config is compiled before any is timed, and all are timed twice in
   turn, each keeping its best (the first graph timing after a pause for compiling ran up to 12% slow).
+- Named kernels (`tuned(name=...)`) start with the choices of tritium/autotune/tables/<gpu>.json in their
+  tuner's cache (tables.py; written by `python -m tritium.autotune`), so only keys the table lacks are
+  tuned at run time.
 - Under Triton's interpreter, autotuning with several configs crashes, so a single config runs:
   `interpret_config` when the kernel names one (the interpreter's cost is per program and per op, so it wants
   few, wide programs, unlike the GPU), else CONFIGS[0].
@@ -36,7 +39,8 @@ import torch
 import triton
 import triton.language as tl
 
-from tritium.platform import INTERPRET
+from tritium.autotune import tables
+from tritium.platform import INTERPRET, gpu_name
 
 ROTATE_BYTES = 128 << 20  # what `rotate` trials cycle through: over twice the 50-60 MB L2 of an H100 / H200
 MAX_SETS = 8
@@ -138,12 +142,18 @@ class TunedKernel:
     tuner: triton.runtime.Autotuner
     tune_on_copies: tuple = ()
     rotate: tuple = ()
+    name: str = ""  # its entry in the per-GPU tables (tables.py); unnamed kernels have none
+    seeded: bool = False  # the table's choices are in tuner.cache
 
     def __call__(self, grid, *args, config: triton.Config | None = None, **kwargs):
         """Launch over `grid` (a tuple, or a callable of the meta-parameters) with the tuned config, or
         with `config` when given."""
         if config is None:
             t = self.tuner
+            if not self.seeded:
+                self.seeded = True
+                if self.name and not INTERPRET:
+                    tables.seed(self, tables.load(gpu_name()))
             if (self.tune_on_copies or self.rotate) and len(t.configs) > 1 and self._untuned(args, kwargs):
                 if self.rotate:
                     self._tune_rotated(grid, args, kwargs)
@@ -207,6 +217,7 @@ def tuned(
     tune_on_copies: Sequence[str] = (),
     heuristics: dict | None = None,
     rotate: Sequence[str] = (),
+    name: str = "",
 ) -> TunedKernel:
     """Wrap a jitted kernel with its autotune space. `tune_on_copies` names arguments the kernel writes
     that tuning trials must not touch (in-place outputs): an untuned key is first tuned on copies of them.
@@ -214,7 +225,8 @@ def tuned(
     with every trial: prefer tune_on_copies); `reset_to_zero` names accumulators that must start at zero.
     `heuristics` wraps fn in triton.heuristics under the tuner, so each value sees the config's kwargs.
     `rotate` names the tensors a streaming kernel reads / writes once per call: trials cycle over copies
-    of them (tuned by `_tune_rotated`, not triton's timer)."""
+    of them (tuned by `_tune_rotated`, not triton's timer). `name`: the kernel's entry in the per-GPU tables
+    of tuned choices (tables.py), unique; an unnamed kernel always tunes at run time."""
     configs = list(configs)
     if heuristics:
         fn = triton.heuristics(dict(heuristics))(fn)
@@ -228,7 +240,13 @@ def tuned(
         reset_to_zero=list(reset_to_zero) or None,
         do_bench=None if INTERPRET else graph_bench,
     )(fn)
-    return TunedKernel(fn=fn, configs=configs, tuner=tuner, tune_on_copies=tuple(tune_on_copies), rotate=tuple(rotate))
+    kernel = TunedKernel(fn=fn, configs=configs, tuner=tuner, tune_on_copies=tuple(tune_on_copies),
+                         rotate=tuple(rotate), name=name)
+    if name:
+        if name in tables.KERNELS:
+            raise ValueError(f"a tuned kernel named {name!r} exists already")
+        tables.KERNELS[name] = kernel
+    return kernel
 
 
 def config_id(config: triton.Config) -> str:

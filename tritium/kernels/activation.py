@@ -80,7 +80,7 @@ HEURISTICS = {"EVEN": lambda a: a["n_out"] % a["XBLOCK"] == 0}
 # Trials stream through copies of x and y, as calls from a model's layers do.
 _kernel = tuned(
     _silu_and_mul_kernel, CONFIGS, key=KEY, interpret_config=INTERPRET_CONFIG, heuristics=HEURISTICS,
-    rotate=("x_ptr", "y_ptr"),
+    rotate=("x_ptr", "y_ptr"), name="silu_and_mul",
 )
 
 

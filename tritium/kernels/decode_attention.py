@@ -165,7 +165,7 @@ def _decode_merge_kernel(
     tl.store(out_ptr + b.to(tl.int64) * stride_ob + h * stride_oh + offs_d, res.to(out_ptr.dtype.element_ty))
 
 
-_kernel = tuned(_decode_split_kernel, CONFIGS, key=KEY)
+_kernel = tuned(_decode_split_kernel, CONFIGS, key=KEY, name="decode_attention")
 _num_sms_cache: dict = {}
 
 

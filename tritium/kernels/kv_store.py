@@ -105,7 +105,7 @@ HEURISTICS = {"EVEN": lambda a: a["n_elems"] % a["XBLOCK"] == 0}
 # Re-running a trial config writes the same values, so tuning needs no restore and no copies of the caches
 # (gigabytes); trials stream through copies of k, v and the slots.
 _kernel = tuned(
-    _store_kv_kernel, CONFIGS, key=KEY, interpret_config=INTERPRET_CONFIG, heuristics=HEURISTICS,
+    _store_kv_kernel, CONFIGS, key=KEY, name="store_kv", interpret_config=INTERPRET_CONFIG, heuristics=HEURISTICS,
     rotate=("k_ptr", "v_ptr", "slot_ptr"),
 )
 

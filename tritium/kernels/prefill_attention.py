@@ -145,7 +145,7 @@ def _prefill_attention_kernel(
              o.to(out_ptr.dtype.element_ty), mask=m_ok[:, None])
 
 
-_kernel = tuned(_prefill_attention_kernel, CONFIGS, key=KEY)
+_kernel = tuned(_prefill_attention_kernel, CONFIGS, key=KEY, name="prefill_attention")
 
 
 def prefill_attention(q, k_cache, v_cache, cu_seqlens_q, seq_lens, block_tables, max_seqlen_q: int,

@@ -160,11 +160,11 @@ _OUTS = ("y_ptr", "ro_ptr")
 _STREAMED = ("x_ptr", "r_ptr", *_OUTS)
 _rows_kernel = tuned(
     _rms_norm_kernel, CONFIGS, key=KEY, interpret_config=INTERPRET_CONFIG, tune_on_copies=_OUTS, heuristics=HEURISTICS,
-    rotate=_STREAMED,
+    rotate=_STREAMED, name="rms_norm_rows",
 )
 _heads_kernel = tuned(
     _rms_norm_kernel, HEAD_CONFIGS, key=KEY, interpret_config=HEAD_INTERPRET_CONFIG, tune_on_copies=_OUTS,
-    heuristics=HEURISTICS, rotate=_STREAMED,
+    heuristics=HEURISTICS, rotate=_STREAMED, name="rms_norm_heads",
 )
 
 

@@ -137,7 +137,8 @@ def _rope_kernel(
 
 # q and k are rotated in place: the tuner's trials run on copies of them (no restore_value, whose
 # clone-and-copy-back the tuner would time with every trial).
-_kernel = tuned(_rope_kernel, CONFIGS, key=KEY, interpret_config=INTERPRET_CONFIG, tune_on_copies=("q_ptr", "k_ptr"))
+_kernel = tuned(_rope_kernel, CONFIGS, key=KEY, interpret_config=INTERPRET_CONFIG, tune_on_copies=("q_ptr", "k_ptr"),
+               name="rope")
 
 
 def rope_cos_sin(head_dim: int, max_position: int, theta: float, device=None) -> torch.Tensor:

@@ -111,7 +111,7 @@ def _sample_merge_kernel(
               tl.program_id(0).to(tl.int64), C, STATS, CPAD)
 
 
-_PARTIAL = tuned(_sample_partial_kernel, CONFIGS, key=["chunk", "row_bucket", "V"])
+_PARTIAL = tuned(_sample_partial_kernel, CONFIGS, key=["chunk", "row_bucket", "V"], name="sample_partial")
 
 
 def _check_vec(name, t, n, dtype, device):

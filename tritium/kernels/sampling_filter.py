@@ -180,7 +180,7 @@ def _filter_partial_kernel(
     tl.store(part_i_ptr + slot * 2 + 1, tl.where(fits, n_sel, 0))
 
 
-_FILTER_PARTIAL = tuned(_filter_partial_kernel, FILTER_CONFIGS, key=["V"])
+_FILTER_PARTIAL = tuned(_filter_partial_kernel, FILTER_CONFIGS, key=["V"], name="filter_partial")
 
 
 def filter_tiling(V: int) -> tuple[int, int, int]:

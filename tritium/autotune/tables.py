@@ -1,0 +1,85 @@
+"""Per-GPU tables of tuned configs: tables/<gpu>.json, written by `python -m tritium.autotune`.
+
+Tuning on first use costs 0.1-0.3 s per key (every config timed twice in CUDA graphs), and a model meets
+dozens of keys: on an H200 the engine's start-up timed 716 trials (46 s) and the first reference bench run
+another 37 (10.5 s of its 18.3). A table holds the winners of an earlier run on the same kind of GPU, so
+each kernel starts with them in its tuner's cache and tunes only keys the table lacks.
+
+Format: {"gpu": ..., "triton": ..., "kernels": {kernel name: {repr(key): {"kwargs", "num_warps",
+"num_stages"}}}}. A key is the tuple triton's Autotuner caches under (tuning_key). An entry whose config is
+no longer in the kernel's CONFIGS is ignored (that key tunes again). TRITIUM_TUNE_TABLES=0 ignores tables.
+"""
+from __future__ import annotations
+
+import ast
+import json
+import os
+from pathlib import Path
+
+import triton
+
+TABLES = Path(__file__).resolve().parent / "tables"
+KERNELS: dict = {}  # kernel name -> TunedKernel, filled by tuned()
+
+
+def enabled() -> bool:
+    return os.environ.get("TRITIUM_TUNE_TABLES", "1") not in ("", "0")
+
+
+def table_path(gpu: str) -> Path:
+    return TABLES / f"{gpu}.json"
+
+
+def config_entry(config: triton.Config) -> dict:
+    return {"kwargs": dict(config.kwargs), "num_warps": config.num_warps, "num_stages": config.num_stages}
+
+
+def find_config(configs, entry: dict):
+    """The config of `configs` that `entry` describes, or None."""
+    for c in configs:
+        if config_entry(c) == entry:
+            return c
+    return None
+
+
+def entries(kernels: dict) -> dict:
+    """{kernel name: {repr(key): entry}} of every tuned choice the kernels' tuners hold."""
+    return {name: {repr(k): config_entry(c) for k, c in k_.tuner.cache.items()}
+            for name, k_ in sorted(kernels.items()) if k_.tuner.cache}
+
+
+def seed(kernel, table: dict) -> int:
+    """Put the table's choices for `kernel` (a TunedKernel) into its tuner's cache, keeping keys it already
+    holds; returns how many were added."""
+    added = 0
+    for key, entry in table.get(kernel.name, {}).items():
+        config = find_config(kernel.configs, entry)
+        key = ast.literal_eval(key)
+        if config is not None and key not in kernel.tuner.cache:
+            kernel.tuner.cache[key] = config
+            added += 1
+    return added
+
+
+_loaded: dict = {}
+
+
+def load(gpu: str) -> dict:
+    """The kernels part of tables/<gpu>.json ({} when there is none, or tables are off), read once."""
+    if gpu not in _loaded:
+        path = table_path(gpu)
+        _loaded[gpu] = json.loads(path.read_text())["kernels"] if enabled() and path.exists() else {}
+    return _loaded[gpu]
+
+
+def save(gpu: str, kernels: dict | None = None) -> Path:
+    """Merge the kernels' tuned choices into tables/<gpu>.json (this run's choice wins a shared key)."""
+    path = table_path(gpu)
+    merged = json.loads(path.read_text())["kernels"] if path.exists() else {}
+    for name, choices in entries(KERNELS if kernels is None else kernels).items():
+        merged.setdefault(name, {}).update(choices)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = {"gpu": gpu, "triton": triton.__version__, "kernels": merged}
+    path.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+    _loaded.pop(gpu, None)
+    return path
