@@ -81,7 +81,9 @@ def test_tabled_key_runs_the_tables_config_without_tuning(env, tmp_path):
 def test_unnamed_kernels_and_tables_off_ignore_the_table(env, tmp_path, monkeypatch):
     _write(tmp_path, {"k": {_key(12): tables.config_entry(CONFIGS[0])}})
     assert _run(at.tuned(_block_kernel, CONFIGS, key=["n_bucket"]), 12) == 8 and env.trials == 2
+    assert tables.active_table("testgpu") == tmp_path / "testgpu.json"
     monkeypatch.setenv("TRITIUM_TUNE_TABLES", "0")
+    assert tables.active_table("testgpu") is None
     assert _run(at.tuned(_block_kernel, CONFIGS, key=["n_bucket"], name="k"), 12) == 8 and env.trials == 4
 
 
@@ -100,6 +102,7 @@ def test_save_then_load_round_trip_and_merge(env, tmp_path):
     tk = at.tuned(_block_kernel, CONFIGS, key=["n_bucket"], name="k")
     tk.seeded = True  # skip the table: tune afresh, as the tuning command does
     assert _run(tk, 12) == 8 and _run(tk, 100) == 8 and env.trials == 4
+    assert tables.held_keys() == 2
     tables.save("testgpu")
     doc = json.loads((tmp_path / "testgpu.json").read_text())
     new = tables.config_entry(CONFIGS[1])
@@ -107,6 +110,7 @@ def test_save_then_load_round_trip_and_merge(env, tmp_path):
     tables.KERNELS.clear()
     fresh = at.tuned(_block_kernel, CONFIGS, key=["n_bucket"], name="k")
     assert [_run(fresh, n) for n in (12, 3, 100)] == [8, 4, 8] and env.trials == 4
+    assert tables.held_keys() == 3, "seeded keys count as held"
 
 
 def test_names_are_unique(env):

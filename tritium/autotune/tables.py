@@ -61,14 +61,26 @@ def seed(kernel, table: dict) -> int:
     return added
 
 
+def held_keys() -> int:
+    """Keys the named kernels' tuners hold: tuned in this process, or seeded from a table (a kernel is seeded
+    on its first launch)."""
+    return sum(len(k.tuner.cache) for k in KERNELS.values())
+
+
+def active_table(gpu: str):
+    """The table file a kernel on this GPU starts from, or None (none written, or tables are off)."""
+    path = table_path(gpu)
+    return path if enabled() and path.exists() else None
+
+
 _loaded: dict = {}
 
 
 def load(gpu: str) -> dict:
     """The kernels part of tables/<gpu>.json ({} when there is none, or tables are off), read once."""
     if gpu not in _loaded:
-        path = table_path(gpu)
-        _loaded[gpu] = json.loads(path.read_text())["kernels"] if enabled() and path.exists() else {}
+        path = active_table(gpu)
+        _loaded[gpu] = json.loads(path.read_text())["kernels"] if path else {}
     return _loaded[gpu]
 
 
