@@ -10,7 +10,7 @@ import triton.language as tl
 
 import tritium.autotune as at
 from tritium.autotune import next_pow2, tables, tuning_key
-from tritium.autotune.__main__ import powers_of_two, prefill_steps
+from tritium.autotune.__main__ import bucket_sizes, prefill_steps
 
 
 @triton.jit
@@ -125,9 +125,66 @@ def test_the_engines_kernels_are_named():
     assert {"store_kv", "rms_norm_rows", "rms_norm_heads"} <= set(tables.KERNELS)
 
 
+@pytest.mark.parametrize("limit", [1, 2, 5, 12000, 16384])
+def test_bucket_sizes_meet_every_bucket_up_to_the_limit(limit):
+    sizes = bucket_sizes(limit)
+    assert sorted({next_pow2(n) for n in sizes}) == [1 << i for i in range(next_pow2(limit).bit_length())]
+    assert max(sizes) == limit
+
+
 @pytest.mark.parametrize("max_tokens,max_len", [(16384, 4096), (1000, 4096), (64, 16), (5, 2)])
 def test_prefill_steps_cover_every_token_bucket(max_tokens, max_len):
     steps = prefill_steps(max_tokens, max_len)
-    assert [sum(s) for s in steps] == powers_of_two(max_tokens)
+    assert [sum(s) for s in steps] == bucket_sizes(max_tokens)
     assert all(sum(s) <= max_tokens for s in steps)
     assert all(1 <= n <= max_len - 1 for s in steps for n in s)
+
+
+def test_first_launch_seeds_every_registered_kernel(env, tmp_path):
+    """held_keys() before a timed run counts every table entry, not only those of kernels launched so far."""
+    _write(tmp_path, {"a": {_key(12): tables.config_entry(CONFIGS[0])},
+                      "b": {_key(12): tables.config_entry(CONFIGS[0]), _key(3): tables.config_entry(CONFIGS[1])}})
+    a = at.tuned(_block_kernel, CONFIGS, key=["n_bucket"], name="a")
+    b = at.tuned(_block_kernel, CONFIGS, key=["n_bucket"], name="b")
+    assert _run(a, 12) == 4 and tables.held_keys() == 3 and b.seeded
+    assert _run(b, 3) == 8 and env.trials == 0
+
+
+def test_unreadable_table_or_key_is_skipped_with_kernels_still_tuning(env, tmp_path):
+    (tmp_path / "testgpu.json").write_text('{"gpu": "testgpu", "kernels": {"k": ')  # cut short
+    tk = at.tuned(_block_kernel, CONFIGS, key=["n_bucket"], name="k")
+    with pytest.warns(RuntimeWarning, match="ignoring the tuning table"):
+        assert _run(tk, 12) == 8
+    assert env.trials == 2
+    with pytest.warns(RuntimeWarning, match="ignoring the tuning table"):
+        tables.save("testgpu")  # over the unreadable file: writes a whole one
+    assert json.loads((tmp_path / "testgpu.json").read_text())["kernels"] == {
+        "k": {_key(12): tables.config_entry(CONFIGS[1])}}
+
+    old = tables.config_entry(CONFIGS[0])
+    _write(tmp_path, {"k2": {"(1, nope": old, _key(12): old}})
+    k2 = at.tuned(_block_kernel, CONFIGS, key=["n_bucket"], name="k2")
+    assert _run(k2, 12) == 4 and env.trials == 2, "the readable key is seeded, the other skipped"
+
+
+@pytest.mark.parametrize("value,on", [("0", False), ("false", False), ("Off", False), ("1", True), ("yes", True)])
+def test_tables_switch(monkeypatch, value, on):
+    monkeypatch.setenv("TRITIUM_TUNE_TABLES", value)
+    assert tables.enabled() is on
+
+
+def test_tuning_command_runs_its_sweeps_and_writes_a_table(monkeypatch, tmp_path):
+    """`python -m tritium.autotune` end to end on the tiny checkpoint: it refuses the interpreter (one config
+    per kernel, nothing to tune); with that check lifted, its sweeps run and it writes an empty table."""
+    import tritium.autotune.__main__ as cli
+
+    with pytest.raises(SystemExit, match="needs a CUDA GPU"):
+        cli.main(["--preset", "tiny"])
+    monkeypatch.setattr(cli, "require_gpu", lambda: None)
+    monkeypatch.setattr(tables, "TABLES", tmp_path)
+    monkeypatch.setattr(tables, "_loaded", {})
+    monkeypatch.setenv("TRITIUM_TUNE_TABLES", "1")
+    cli.main(["--preset", "tiny", "--max-model-len", "16", "--kvcache-block-size", "16",
+          "--max-num-batched-tokens", "24", "--max-num-seqs", "3"])
+    doc = json.loads((tmp_path / "cpu.json").read_text())
+    assert doc["gpu"] == "cpu" and doc["kernels"] == {} and doc["triton"] == triton.__version__

@@ -151,9 +151,9 @@ class TunedKernel:
         if config is None:
             t = self.tuner
             if not self.seeded:
-                self.seeded = True
                 if self.name and not INTERPRET:
-                    tables.seed(self, tables.load(gpu_name()))
+                    tables.seed_all(gpu_name())  # every registered kernel, this one included
+                self.seeded = True
             if (self.tune_on_copies or self.rotate) and len(t.configs) > 1 and self._untuned(args, kwargs):
                 if self.rotate:
                     self._tune_rotated(grid, args, kwargs)

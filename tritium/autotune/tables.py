@@ -14,6 +14,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import warnings
 from pathlib import Path
 
 import triton
@@ -23,7 +24,7 @@ KERNELS: dict = {}  # kernel name -> TunedKernel, filled by tuned()
 
 
 def enabled() -> bool:
-    return os.environ.get("TRITIUM_TUNE_TABLES", "1") not in ("", "0")
+    return os.environ.get("TRITIUM_TUNE_TABLES", "1").strip().lower() not in ("", "0", "false", "no", "off")
 
 
 def table_path(gpu: str) -> Path:
@@ -52,18 +53,31 @@ def seed(kernel, table: dict) -> int:
     """Put the table's choices for `kernel` (a TunedKernel) into its tuner's cache, keeping keys it already
     holds; returns how many were added."""
     added = 0
-    for key, entry in table.get(kernel.name, {}).items():
+    for text, entry in table.get(kernel.name, {}).items():
         config = find_config(kernel.configs, entry)
-        key = ast.literal_eval(key)
+        try:
+            key = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            continue  # not a key this module wrote: that key tunes at run time
         if config is not None and key not in kernel.tuner.cache:
             kernel.tuner.cache[key] = config
             added += 1
     return added
 
 
+def seed_all(gpu: str) -> None:
+    """Seed every registered kernel not yet seeded (all at once, so the keys the tuners hold after the first
+    launch are the table's plus what was tuned since: see held_keys)."""
+    table = load(gpu)
+    for kernel in KERNELS.values():
+        if not kernel.seeded:
+            kernel.seeded = True
+            seed(kernel, table)
+
+
 def held_keys() -> int:
-    """Keys the named kernels' tuners hold: tuned in this process, or seeded from a table (a kernel is seeded
-    on its first launch)."""
+    """Keys the named kernels' tuners hold: tuned in this process, or seeded from a table (every registered
+    kernel is seeded at the first launch of any)."""
     return sum(len(k.tuner.cache) for k in KERNELS.values())
 
 
@@ -76,22 +90,38 @@ def active_table(gpu: str):
 _loaded: dict = {}
 
 
+def _read(path: Path) -> dict:
+    """The kernels part of a table file; {} with a warning when it cannot be read (kernels then tune)."""
+    try:
+        kernels = json.loads(path.read_text())["kernels"]
+        if not isinstance(kernels, dict):
+            raise TypeError(f"'kernels' is a {type(kernels).__name__}")
+        return kernels
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        warnings.warn(f"tritium: ignoring the tuning table {path} ({type(e).__name__}: {e})", RuntimeWarning,
+                      stacklevel=3)
+        return {}
+
+
 def load(gpu: str) -> dict:
     """The kernels part of tables/<gpu>.json ({} when there is none, or tables are off), read once."""
     if gpu not in _loaded:
         path = active_table(gpu)
-        _loaded[gpu] = json.loads(path.read_text())["kernels"] if path else {}
+        _loaded[gpu] = _read(path) if path else {}
     return _loaded[gpu]
 
 
 def save(gpu: str, kernels: dict | None = None) -> Path:
-    """Merge the kernels' tuned choices into tables/<gpu>.json (this run's choice wins a shared key)."""
+    """Merge the kernels' tuned choices into tables/<gpu>.json (this run's choice wins a shared key). The
+    file is replaced whole (written beside it, then renamed), so a reader never sees half of it."""
     path = table_path(gpu)
-    merged = json.loads(path.read_text())["kernels"] if path.exists() else {}
+    merged = _read(path) if path.exists() else {}
     for name, choices in entries(KERNELS if kernels is None else kernels).items():
         merged.setdefault(name, {}).update(choices)
     path.parent.mkdir(parents=True, exist_ok=True)
     doc = {"gpu": gpu, "triton": triton.__version__, "kernels": merged}
-    path.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, path)
     _loaded.pop(gpu, None)
     return path
