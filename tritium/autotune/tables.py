@@ -49,10 +49,9 @@ def entries(kernels: dict) -> dict:
             for name, k_ in sorted(kernels.items()) if k_.tuner.cache}
 
 
-def seed(kernel, table: dict) -> int:
+def seed(kernel, table: dict) -> None:
     """Put the table's choices for `kernel` (a TunedKernel) into its tuner's cache, keeping keys it already
-    holds; returns how many were added."""
-    added = 0
+    holds."""
     for text, entry in table.get(kernel.name, {}).items():
         config = find_config(kernel.configs, entry)
         try:
@@ -61,8 +60,6 @@ def seed(kernel, table: dict) -> int:
             continue  # not a key this module wrote: that key tunes at run time
         if config is not None and key not in kernel.tuner.cache:
             kernel.tuner.cache[key] = config
-            added += 1
-    return added
 
 
 def seed_all(gpu: str) -> None:
@@ -111,12 +108,12 @@ def load(gpu: str) -> dict:
     return _loaded[gpu]
 
 
-def save(gpu: str, kernels: dict | None = None) -> Path:
-    """Merge the kernels' tuned choices into tables/<gpu>.json (this run's choice wins a shared key). The
+def save(gpu: str) -> Path:
+    """Merge the registered kernels' tuned choices into tables/<gpu>.json (this run's choice wins a shared key). The
     file is replaced whole (written beside it, then renamed), so a reader never sees half of it."""
     path = table_path(gpu)
     merged = _read(path) if path.exists() else {}
-    for name, choices in entries(KERNELS if kernels is None else kernels).items():
+    for name, choices in entries(KERNELS).items():
         merged.setdefault(name, {}).update(choices)
     path.parent.mkdir(parents=True, exist_ok=True)
     doc = {"gpu": gpu, "triton": triton.__version__, "kernels": merged}
