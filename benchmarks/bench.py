@@ -3,9 +3,9 @@
 GPU: synthetic Qwen3-0.6B, 256 requests, seed 0, prompts of randint(100, 1024) random ids in [0, 10000],
 max_tokens randint(100, 1024), temperature 0.6, ignore_eos, max_model_len 4096 (133,966 output tokens).
 CPU: the `tiny` preset and a reduced workload through the interpreter (a smoke run, not a measurement).
-Prints output tokens, seconds and tok/s, and writes JSON under benchmarks/results/<gpu>/, with the tuning
-table the kernels started from (tritium/autotune/tables/<gpu>.json, if any) and how many kernel keys were
-tuned inside the timed run (their trials are in its time).
+Prints output tokens, seconds and tok/s, and writes JSON under benchmarks/results/<gpu>/, with the engine's
+start-up time (which compiles and tunes every kernel shape), the tuning tables the kernels started from, and
+how many kernel keys were tuned and kernel variants compiled inside the timed run (both should be 0).
 """
 import argparse
 import json
@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tritium import LLM, SamplingParams  # noqa: E402
-from tritium.autotune import tables  # noqa: E402
+from tritium.autotune import compiles, tables  # noqa: E402
 from tritium.model.synthetic import ensure_checkpoint  # noqa: E402
 from tritium.platform import HAS_CUDA, gpu_name  # noqa: E402
 
@@ -37,41 +37,40 @@ def main():
     ap.add_argument("--preset", default="qwen3-0.6b" if HAS_CUDA else "tiny")
     ap.add_argument("--num-seqs", type=int, default=256 if HAS_CUDA else 4)
     ap.add_argument("--enforce-eager", action="store_true")
-    ap.add_argument("--policy", default="alternate", choices=["alternate", "prefill_first"],
-                    help="scheduler policy: decode steps between prefill steps, or prefill whenever possible")
     args = ap.parse_args()
     model = args.model or str(ensure_checkpoint(args.preset))
     if HAS_CUDA:
         prompts, params = workload(args.num_seqs, 1024, 1024, 100)
     else:
         prompts, params = workload(args.num_seqs, 48, 16, 8, max_id=1000)  # the tiny vocabulary is 1024
+    start = time.perf_counter()
     llm = LLM(model, max_model_len=4096, enforce_eager=args.enforce_eager,
-              kvcache_block_size=256 if HAS_CUDA else 16, scheduler_policy=args.policy)
-    llm.generate(["Benchmark: "], SamplingParams(max_tokens=8), use_tqdm=False)  # warm-up
-    held = tables.held_keys()  # every kernel has run (and been seeded from a table) by now
+              kvcache_block_size=256 if HAS_CUDA else 16)
+    startup = time.perf_counter() - start
+    held, built = tables.held_keys(), compiles.count()  # start-up ran every kernel shape (GPU)
     start = time.perf_counter()
     outs = llm.generate(prompts, params, use_tqdm=False)
     elapsed = time.perf_counter() - start
-    tuned_in_run = tables.held_keys() - held
-    table = tables.active_table(gpu_name())
+    tuned_in_run, built_in_run = tables.held_keys() - held, compiles.count() - built
+    table = ", ".join(map(str, tables.active_tables(gpu_name()))) or None
     out_tokens = sum(len(o["token_ids"]) for o in outs)
     assert out_tokens == sum(p.max_tokens for p in params), "every request must run to max_tokens"
     prompt_tokens = sum(map(len, prompts))
     print(f"model {args.model or args.preset} on {gpu_name()}: {len(prompts)} requests, prompt tokens "
           f"{prompt_tokens}, output tokens {out_tokens}, {elapsed:.2f} s, {out_tokens / elapsed:.0f} tok/s")
-    print(f"tuning table: {table.name if table else 'none'}; kernel keys tuned inside the timed run: {tuned_in_run}")
+    print(f"engine start-up {startup:.1f} s; tuning tables: {table or 'none'}; inside the timed run: "
+          f"{tuned_in_run} kernel keys tuned, {built_in_run} kernel variants compiled")
     result = {"date": time.strftime("%Y-%m-%d"), "model": args.model or args.preset, "requests": len(prompts),
               "prompt_tokens": prompt_tokens, "output_tokens": out_tokens, "seconds": elapsed,
               "output_tok_per_s": out_tokens / elapsed, "enforce_eager": args.enforce_eager,
-              "scheduler_policy": args.policy,
               "preemptions": llm.scheduler.num_preemptions,
-              "tuning_table": table.name if table else None, "keys_tuned_in_run": tuned_in_run}
+              "startup_s": startup, "tuning_tables": table, "keys_tuned_in_run": tuned_in_run,
+              "kernels_compiled_in_run": built_in_run}
     if HAS_CUDA:
         import torch
 
         result["gpu"] = torch.cuda.get_device_name()
-        name = "bench" + ("_eager" if args.enforce_eager else "") + \
-            ("" if args.policy == "alternate" else f"_{args.policy}") + ".json"
+        name = "bench" + ("_eager" if args.enforce_eager else "") + ".json"
         path = ROOT / "benchmarks" / "results" / gpu_name() / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result, indent=1))

@@ -7,6 +7,7 @@ before anything imports triton. A value the user set is respected either way.
 import os
 import sys
 import warnings
+from pathlib import Path
 
 import torch
 
@@ -49,3 +50,8 @@ def gpu_name() -> str:
         if known in name:
             return known
     return "".join(c if c.isalnum() else "-" for c in name).strip("-")
+
+
+def cache_root() -> Path:
+    """tritium's cache directory (synthetic checkpoints, tuned tables): $TRITIUM_CACHE or ~/.cache/tritium."""
+    return Path(os.environ.get("TRITIUM_CACHE", Path.home() / ".cache" / "tritium"))

@@ -20,37 +20,74 @@ def _prompts(n, lo, hi, seed=0):
             for _ in range(n)]
 
 
-def test_cuda_graph_decode_gives_the_eager_tokens(checkpoint):
+def test_cuda_graph_decode_is_bit_identical_to_the_same_batch_eager(checkpoint):
     """Every decode step: the captured graph and the same padded batch run eagerly give bit-identical hidden
-    states; and the tokens of a whole run match an engine with graphs off wherever no bf16 near-tie intervenes."""
+    states. Seeded sampling gives the same tokens whatever the batch order (graph rows move)."""
     prompts = _prompts(24, 5, 300)
     params = SamplingParams(temperature=0, max_tokens=32, ignore_eos=True)
     with LLM(checkpoint, max_model_len=1024, max_num_seqs=64) as llm:
         assert llm.runner.graphs, "decode graphs were captured"
-        ids = [llm.add_request(p, params) for p in prompts]
+        for p in prompts:
+            llm.add_request(p, params)
         decode_steps = 0
-        while not llm.is_finished():
+        while not llm.scheduler.is_finished():  # one step at a time: no placeholder inputs
             batch = llm.scheduler.schedule()
             if not batch.is_prefill:
                 x = batch.inputs()
-                graphed = llm.runner._decode(x).clone()
-                eager = llm.runner._decode(x, eager=True).clone()  # rewrites the same K/V to the same slots
+                graphed = llm.runner._decode_graph(x).clone()
+                eager = llm.runner._decode_graph(x, eager=True).clone()  # rewrites the same K/V to the same slots
                 assert torch.equal(graphed, eager)
                 decode_steps += 1
-            llm.scheduler.postprocess(batch, llm.runner.run(batch))
+            llm.scheduler.postprocess(batch, llm.runner.launch(batch).tolist())
         assert decode_steps >= 31
-        graphed_tokens = [llm.result(i)["token_ids"] for i in ids]
-        # Seeded sampling: the same tokens whatever the batch order (graph rows move).
         sampled = SamplingParams(temperature=0.8, top_p=0.9, max_tokens=16, ignore_eos=True, seed=7)
         first = llm.generate(prompts[:5], sampled, use_tqdm=False)
         again = llm.generate(prompts[:5][::-1], sampled, use_tqdm=False)[::-1]
         assert [o["token_ids"] for o in first] == [o["token_ids"] for o in again]
-    with LLM(checkpoint, enforce_eager=True, max_model_len=1024) as llm:
-        eager_tokens = [o["token_ids"] for o in llm.generate(prompts, params, use_tqdm=False)]
-    # Unpadded eager batches split the KV differently (other rounding), so a later near-tie may flip; the first
-    # token comes from the same prefill path in both and must agree.
-    assert [t[:1] for t in graphed_tokens] == [t[:1] for t in eager_tokens]
-    assert sum(a == b for a, b in zip(graphed_tokens, eager_tokens)) >= len(prompts) // 2
+
+
+def test_graph_and_eager_engines_agree_but_for_near_ties(checkpoint):
+    """64 prompts x 64 greedy tokens with graphs and with enforce_eager. Unpadded eager batches split the KV
+    differently (other bf16 rounding), so greedy may flip where two tokens nearly tie; wherever the runs part,
+    the two tokens must be within MARGIN of each other in fp32 transformers logits of the common prefix."""
+    from transformers import AutoModelForCausalLM
+
+    MARGIN = 0.02  # logit units; the synthetic model's top-2 gaps are ~1 (see the printed summary)
+    prompts = _prompts(64, 5, 300, seed=1)
+    params = SamplingParams(temperature=0, max_tokens=64, ignore_eos=True)
+    with LLM(checkpoint, max_model_len=1024) as llm:
+        graphed = [o["token_ids"] for o in llm.generate(prompts, params, use_tqdm=False)]
+    with LLM(checkpoint, max_model_len=1024, enforce_eager=True) as llm:
+        eager = [o["token_ids"] for o in llm.generate(prompts, params, use_tqdm=False)]
+    ref = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).cuda().eval()
+    parted, gaps = [], []
+    for p, g, e in zip(prompts, graphed, eager):
+        if g == e:
+            continue
+        k = next(i for i, (a, b) in enumerate(zip(g, e)) if a != b)
+        with torch.no_grad():
+            logits = ref(torch.tensor([p + g[:k]], device="cuda")).logits[0, -1]
+        top2 = logits.topk(2).values
+        parted.append(float(abs(logits[g[k]] - logits[e[k]])))
+        gaps.append(float(top2[0] - top2[1]))
+    print(f"{len(parted)} of 64 runs parted; gaps at parting {parted}; top-2 gaps there {gaps}")
+    assert all(m <= MARGIN for m in parted), parted
+    assert len(parted) <= 16
+
+
+def test_kv_cache_takes_most_of_the_allowed_memory(checkpoint):
+    torch.cuda.empty_cache()
+    free, total = torch.cuda.mem_get_info()
+    used_before = total - free
+    util = 0.5
+    with LLM(checkpoint, max_model_len=4096, gpu_memory_utilization=util) as llm:
+        free_after, _ = torch.cuda.mem_get_info()
+        weights = sum(p.numel() * p.element_size() for p in llm.runner.model.parameters())
+        allowed = total * util - used_before - weights
+        cache = llm.runner.kv_cache.nbytes
+        print(f"KV cache {cache / 2**30:.1f} GiB of {allowed / 2**30:.1f} GiB allowed beside the weights")
+        assert cache >= 0.8 * allowed
+        assert total - free_after <= total * util + 2**30  # and the engine stays inside its share
 
 
 def test_reference_bench_workload_runs_to_completion(checkpoint):

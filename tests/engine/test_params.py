@@ -73,7 +73,7 @@ def test_config_defaults():
     assert (c.max_num_batched_tokens, c.max_num_seqs, c.max_model_len) == (16384, 512, 4096)
     assert (c.gpu_memory_utilization, c.tensor_parallel_size, c.enforce_eager) == (0.9, 1, False)
     assert (c.kvcache_block_size, c.num_kvcache_blocks, c.enable_prefix_caching) == (256, -1, True)
-    assert (c.dtype, c.seed, c.scheduler_policy) == (None, 0, "alternate")
+    assert (c.dtype, c.seed) == (None, 0)
     assert c.max_blocks_per_seq() == 16
     with pytest.raises(dataclasses.FrozenInstanceError):
         c.max_num_seqs = 3
@@ -108,7 +108,6 @@ def test_config_block_sizes(bs):
         (dict(num_kvcache_blocks=-2), "num_kvcache_blocks"),
         (dict(dtype="int8"), "dtype"),
         (dict(seed=-1), "seed"),
-        (dict(scheduler_policy="fastest"), "scheduler_policy"),
     ],
 )
 def test_config_rejects(kw, field):

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from tritium.engine.config import EngineConfig
 from tritium.engine.sampling_params import SamplingParams
 from tritium.engine.scheduler import Scheduler
-from tritium.engine.sequence import Sequence, SequenceStatus
+from tritium.engine.sequence import PLACEHOLDER, Sequence, SequenceStatus
 
 BS = 16
 VOCAB = 50
@@ -36,19 +36,20 @@ def reference(prompt, params: SamplingParams, eos=None, max_model_len=4096):
 
 
 class FakeRunner:
+    """Runs a batch against the simulated cache at once; a placeholder input takes the previous run's output
+    (as the model runner takes the previous step's sampled ids on the device)."""
+
     def __init__(self, sched: Scheduler):
-        self.sched, self.kv, self.log = sched, {}, []
+        self.sched, self.kv, self.log, self.last = sched, {}, [], []
 
     def run(self, batch):
         s = self.sched
         assert batch.seqs and len(set(id(q) for q in batch.seqs)) == len(batch.seqs)
         assert all(q.status is SequenceStatus.RUNNING for q in batch.seqs)
         assert len(batch) <= s.max_running and batch.num_tokens <= s.config.max_num_batched_tokens
-        samples = batch.samples
-        if batch.is_prefill:  # at most one unfinished prefill, and it comes last
-            assert all(samples[:-1])
-        else:
-            assert all(n == 1 for n in batch.num_new_tokens) and all(samples)
+        samples, d = batch.samples, batch.num_decodes
+        assert batch.num_new_tokens[:d] == [1] * d and all(samples[:d])  # decodes first
+        assert all(samples[d:-1])  # at most one unfinished prefill, and it comes last
         inputs = batch.inputs()
         per_seq = batch.step_inputs()  # the fast flat path agrees with the per-sequence one
         assert inputs.input_ids == [t for si in per_seq for t in si.token_ids]
@@ -60,24 +61,31 @@ class FakeRunner:
         assert inputs.sample_offsets == [si.sample_offset for si in per_seq if si.samples]
         assert len(inputs.input_ids) == len(inputs.positions) == len(inputs.slot_mapping) == batch.num_tokens
         assert inputs.sample_seq_indices == [i for i, x in enumerate(samples) if x]
-        out, writes = [], {}
-        for seq, si in zip(batch.seqs, batch.step_inputs()):
-            assert si.positions == list(range(si.context_len - len(si.token_ids), si.context_len))
-            assert si.token_ids == seq.token_ids[si.positions[0]: si.context_len]
+        ids = list(inputs.input_ids)
+        for row, src in zip(inputs.pending_rows, inputs.pending_src):
+            assert ids[row] == PLACEHOLDER
+            ids[row] = self.last[src]
+        assert PLACEHOLDER not in ids
+        out, writes, row = [], {}, 0
+        for seq, si in zip(batch.seqs, per_seq):
+            first = si.context_len - len(si.token_ids)
+            assert si.positions == list(range(first, si.context_len))
+            tokens = seq.token_ids[:first] + ids[row: row + len(si.token_ids)]  # the true context
+            row += len(si.token_ids)
             for p, slot in zip(si.positions, si.slots):
                 assert slot not in writes, "two tokens of one step write the same slot"
                 blk = s.block_manager.blocks[slot // BS]
                 assert blk.ref_count == 1 and blk.hash is None, "writing into a shared or cached block"
-                writes[slot] = tuple(seq.token_ids[: p + 1])
+                writes[slot] = tuple(tokens[: p + 1])
             for p in range(si.context_len):  # attention reads the whole context through the table
                 slot = si.block_table[p // BS] * BS + p % BS
-                got = writes.get(slot) if slot in writes and p >= si.positions[0] else self.kv.get(slot)
-                assert got == tuple(seq.token_ids[: p + 1]), f"seq {seq.seq_id}: wrong K/V at position {p}"
+                got = writes.get(slot) if slot in writes and p >= first else self.kv.get(slot)
+                assert got == tuple(tokens[: p + 1]), f"seq {seq.seq_id}: wrong K/V at position {p}"
             if si.samples:
-                out.append(next_token(seq.token_ids[: si.context_len]))
+                out.append(next_token(tokens))
         self.kv.update(writes)
-        self.log.append((batch.is_prefill, [q.seq_id for q in batch.seqs], list(batch.num_new_tokens),
-                         samples))
+        self.log.append((d, [q.seq_id for q in batch.seqs], list(batch.num_new_tokens), samples))
+        self.last = out
         return out
 
 
@@ -100,16 +108,21 @@ def check_state(sched):
     assert [q.arrival for q in sched.waiting] == sorted(q.arrival for q in sched.waiting)
 
 
-def drive(sched, runner, arrivals=None, max_steps=10_000):
-    """Run to completion; arrivals: {step: [seqs]} added before that step. Returns the step count."""
+def drive(sched, runner, arrivals=None, max_steps=10_000, pipelined=True):
+    """Run to completion; arrivals: {step: [seqs]} added before that step. Pipelined as the engine runs:
+    each step is scheduled and run before the previous one's results are posted. Returns the step count."""
     arrivals = dict(arrivals or {})
-    step = 0
-    while not sched.is_finished() or arrivals:
+    step, in_flight = 0, None
+    while not sched.is_finished() or arrivals or in_flight:
         for q in arrivals.pop(step, []):
             sched.add(q)
         batch = sched.schedule()
-        if batch is not None:
-            sched.postprocess(batch, runner.run(batch))
+        launched = (batch, runner.run(batch)) if batch is not None else None
+        if not pipelined and launched:
+            launched, in_flight = None, launched
+        if in_flight:
+            sched.postprocess(*in_flight)
+        in_flight = launched
         check_state(sched)
         step += 1
         assert step < max_steps, "no progress"
@@ -132,21 +145,19 @@ def test_chunked_prefill_splits_a_long_prompt():
     drive(sched, runner)
     assert [entry[2] for entry in runner.log[:4]] == [[16], [16], [16], [2]]
     assert [entry[3] for entry in runner.log[:4]] == [[False], [False], [False], [True]]
-    assert all(not p and n == [1] for p, _, n, _ in runner.log[4:]) and len(runner.log) == 8
+    assert all(d == 1 and n == [1] for d, _, n, _ in runner.log[4:]) and len(runner.log) == 8
     assert s.completion_token_ids == reference(s.prompt_token_ids, s.sampling_params)
     assert s.finish_reason == "length"
 
 
-@pytest.mark.parametrize("policy", ["alternate", "prefill_first"])
-def test_decode_keeps_moving_while_a_long_prompt_prefills(policy):
-    sched, runner = make(max_num_batched_tokens=16, scheduler_policy=policy)
+def test_decode_keeps_moving_while_a_long_prompt_prefills():
+    sched, runner = make(max_num_batched_tokens=16)
     a, b = seq(prompt_of(3), max_tokens=30), seq(prompt_of(100, 1), max_tokens=3)
     drive(sched, runner, {0: [a], 1: [b]})
-    chunks = [i for i, (p, ids, _, _) in enumerate(runner.log) if p and b.seq_id in ids]
-    assert len(chunks) == 7  # 100 tokens in chunks of 16
-    between = [runner.log[i] for i in range(chunks[0], chunks[-1])]
-    decodes_of_a = sum(1 for p, ids, _, _ in between if not p and a.seq_id in ids)
-    assert decodes_of_a == (6 if policy == "alternate" else 0)
+    chunks = [(d, ids, n) for d, ids, n, _ in runner.log if b.seq_id in ids[d:]]
+    # Every step that prefills b also decodes a, first, and b's chunk takes the rest of the budget.
+    assert all(d == 1 and ids[0] == a.seq_id for d, ids, _ in chunks)
+    assert [n[1] for _, _, n in chunks] == [15] * 6 + [10]
     for q in (a, b):
         assert q.completion_token_ids == reference(q.prompt_token_ids, q.sampling_params)
 
@@ -156,7 +167,7 @@ def test_prefill_batches_many_prompts_under_the_budget():
     seqs = [seq(prompt_of(n, n), max_tokens=4) for n in (10, 25, 7, 30, 1)]
     drive(sched, runner, {0: seqs})
     first = runner.log[0]
-    assert first[0] and first[2] == [10, 25, 5] and first[3] == [True, True, False]
+    assert first[0] == 0 and first[2] == [10, 25, 5] and first[3] == [True, True, False]
     assert max(len(ids) for _, ids, _, _ in runner.log) <= 3
     for q in seqs:
         assert q.completion_token_ids == reference(q.prompt_token_ids, q.sampling_params)
@@ -284,8 +295,8 @@ def test_abort_frees_blocks():
 
 @settings(max_examples=max(60, 10 * settings.default.max_examples))
 @given(data=st.data(), budget=st.integers(1, 80), max_seqs=st.integers(1, 6), extra_blocks=st.integers(0, 12),
-       caching=st.booleans(), policy=st.sampled_from(["alternate", "prefill_first"]))
-def test_random_workloads_match_running_alone(data, budget, max_seqs, extra_blocks, caching, policy):
+       caching=st.booleans(), pipelined=st.booleans(), eos=st.sampled_from([None, 3]))
+def test_random_workloads_match_running_alone(data, budget, max_seqs, extra_blocks, caching, pipelined, eos):
     base = data.draw(st.lists(st.integers(0, VOCAB - 1), min_size=20, max_size=70))
     reqs = []
     for _ in range(data.draw(st.integers(1, 6))):
@@ -295,13 +306,13 @@ def test_random_workloads_match_running_alone(data, budget, max_seqs, extra_bloc
         reqs.append((shared + own, data.draw(st.integers(1, 25)), data.draw(st.integers(0, 8))))
     need = max(-(-(len(p) + m - 1) // BS) for p, m, _ in reqs)
     sched, runner = make(num_blocks=need + extra_blocks, max_num_batched_tokens=budget,
-                         max_num_seqs=max_seqs, enable_prefix_caching=caching, scheduler_policy=policy)
+                         max_num_seqs=max_seqs, enable_prefix_caching=caching, eos=eos)
     arrivals = {}
     seqs = []
     for prompt, m, at in reqs:
-        q = seq(prompt, max_tokens=m, ignore_eos=True)
+        q = seq(prompt, max_tokens=m, ignore_eos=eos is None)  # eos 3: some stop early, found a step late
         arrivals.setdefault(at, []).append(q)
         seqs.append(q)
-    drive(sched, runner, arrivals)
+    drive(sched, runner, arrivals, pipelined=pipelined)
     for q in seqs:
-        assert q.completion_token_ids == reference(q.prompt_token_ids, q.sampling_params)
+        assert q.completion_token_ids == reference(q.prompt_token_ids, q.sampling_params, eos=eos)

@@ -10,7 +10,7 @@ import triton.language as tl
 
 import tritium.autotune as at
 from tritium.autotune import next_pow2, tables, tuning_key
-from tritium.autotune.__main__ import bucket_sizes, prefill_steps
+from tritium.engine.warmup import bucket_sizes, prefill_steps
 
 
 @triton.jit
@@ -51,6 +51,7 @@ def env(monkeypatch, tmp_path):
     monkeypatch.setattr(tables, "KERNELS", {})
     monkeypatch.setattr(tables, "_loaded", {})
     monkeypatch.delenv("TRITIUM_TUNE_TABLES", raising=False)
+    monkeypatch.setenv("TRITIUM_CACHE", str(tmp_path / "cache"))
     return timer
 
 
@@ -81,9 +82,9 @@ def test_tabled_key_runs_the_tables_config_without_tuning(env, tmp_path):
 def test_unnamed_kernels_and_tables_off_ignore_the_table(env, tmp_path, monkeypatch):
     _write(tmp_path, {"k": {_key(12): tables.config_entry(CONFIGS[0])}})
     assert _run(at.tuned(_block_kernel, CONFIGS, key=["n_bucket"]), 12) == 8 and env.trials == 2
-    assert tables.active_table("testgpu") == tmp_path / "testgpu.json"
+    assert tables.active_tables("testgpu") == [tmp_path / "testgpu.json"]
     monkeypatch.setenv("TRITIUM_TUNE_TABLES", "0")
-    assert tables.active_table("testgpu") is None
+    assert tables.active_tables("testgpu") == []
     assert _run(at.tuned(_block_kernel, CONFIGS, key=["n_bucket"], name="k"), 12) == 8 and env.trials == 4
 
 
@@ -111,6 +112,23 @@ def test_save_then_load_round_trip_and_merge(env, tmp_path):
     fresh = at.tuned(_block_kernel, CONFIGS, key=["n_bucket"], name="k")
     assert [_run(fresh, n) for n in (12, 3, 100)] == [8, 4, 8] and env.trials == 4
     assert tables.held_keys() == 3, "seeded keys count as held"
+
+
+def test_user_table_overrides_the_package_and_gets_only_what_was_tuned(env, tmp_path):
+    """An engine saves to the user's cache only the choices the tables lacked; a key in both tables runs the
+    user's entry."""
+    old, new = tables.config_entry(CONFIGS[0]), tables.config_entry(CONFIGS[1])
+    _write(tmp_path, {"k": {_key(12): old, _key(3): old}})
+    user = tables.user_dir()
+    user.mkdir(parents=True)
+    _write(user, {"k": {_key(3): new}})
+    tk = at.tuned(_block_kernel, CONFIGS, key=["n_bucket"], name="k")
+    assert tables.active_tables("testgpu") == [tmp_path / "testgpu.json", user / "testgpu.json"]
+    assert [_run(tk, n) for n in (12, 3)] == [4, 8] and env.trials == 0
+    assert _run(tk, 100) == 8 and env.trials == 2
+    tables.save("testgpu", user, only_new=True)
+    assert json.loads((user / "testgpu.json").read_text())["kernels"] == {"k": {_key(3): new, _key(100): new}}
+    assert json.loads((tmp_path / "testgpu.json").read_text())["kernels"] == {"k": {_key(12): old, _key(3): old}}
 
 
 def test_names_are_unique(env):

@@ -22,7 +22,7 @@ def _prefill_meta(lens, cached, block_tables, device):
     table = torch.tensor([t + [-1] * (width - len(t)) for t in block_tables], dtype=torch.int32, device=device)
     cu = torch.tensor([0] + list(torch.tensor(new).cumsum(0)), dtype=torch.int32, device=device)
     meta = AttentionMetadata(
-        is_prefill=True, slot_mapping=torch.tensor(slots, dtype=torch.int64, device=device),
+        slot_mapping=torch.tensor(slots, dtype=torch.int64, device=device),
         seq_lens=torch.tensor(lens, dtype=torch.int32, device=device), block_tables=table,
         cu_seqlens_q=cu, max_seqlen_q=max(new))
     return meta, torch.tensor(positions, dtype=torch.int64, device=device)
@@ -69,7 +69,7 @@ def test_prefill_and_decode_logits_match_transformers(models):
     nxt = torch.randint(0, vocab, (len(lens),))
     slots = [tables[b][n // BLOCK] * BLOCK + n % BLOCK for b, n in enumerate(lens)]
     dmeta = AttentionMetadata(
-        is_prefill=False, slot_mapping=torch.tensor(slots, device=DEVICE),
+        num_decodes=len(lens), slot_mapping=torch.tensor(slots, device=DEVICE),
         seq_lens=torch.tensor([n + 1 for n in lens], dtype=torch.int32, device=DEVICE),
         block_tables=meta.block_tables)
     with torch.no_grad():

@@ -39,8 +39,10 @@ import torch
 import triton
 import triton.language as tl
 
-from tritium.autotune import tables
+from tritium.autotune import compiles, tables
 from tritium.platform import INTERPRET, gpu_name
+
+compiles.install()
 
 ROTATE_BYTES = 128 << 20  # what `rotate` trials cycle through: over twice the 50-60 MB L2 of an H100 / H200
 MAX_SETS = 8

@@ -1,4 +1,6 @@
-"""Per-GPU tables of tuned configs: tables/<gpu>.json, written by `python -m tritium.autotune`.
+"""Per-GPU tables of tuned configs: the package's tables/<gpu>.json (written by `python -m tritium.autotune`,
+shipped as defaults) under the user's <cache>/tables/<gpu>.json (cache: $TRITIUM_CACHE or ~/.cache/tritium),
+where an engine saves what its start-up had to tune. A key in both takes the user's entry.
 
 Tuning on first use costs 0.1-0.3 s per key (every config timed twice in CUDA graphs), and a model meets
 dozens of keys: on an H200 the engine's start-up timed 716 trials (46 s) and the first reference bench run
@@ -27,8 +29,15 @@ def enabled() -> bool:
     return os.environ.get("TRITIUM_TUNE_TABLES", "1").strip().lower() not in ("", "0", "false", "no", "off")
 
 
-def table_path(gpu: str) -> Path:
-    return TABLES / f"{gpu}.json"
+def table_path(gpu: str, directory: Path | None = None) -> Path:
+    """The package's table (or the one in `directory`)."""
+    return (TABLES if directory is None else Path(directory)) / f"{gpu}.json"
+
+
+def user_dir() -> Path:
+    from tritium.platform import cache_root
+
+    return cache_root() / "tables"
 
 
 def config_entry(config: triton.Config) -> dict:
@@ -43,10 +52,18 @@ def find_config(configs, entry: dict):
     return None
 
 
-def entries(kernels: dict) -> dict:
-    """{kernel name: {repr(key): entry}} of every tuned choice the kernels' tuners hold."""
-    return {name: {repr(k): config_entry(c) for k, c in k_.tuner.cache.items()}
-            for name, k_ in sorted(kernels.items()) if k_.tuner.cache}
+def entries(kernels: dict, known: dict | None = None) -> dict:
+    """{kernel name: {repr(key): entry}} of every tuned choice the kernels' tuners hold, less those `known`
+    (a table's kernels part) already holds."""
+    known = known or {}
+    out = {}
+    for name, kernel in sorted(kernels.items()):
+        have = known.get(name, {})
+        choices = {repr(k): config_entry(c) for k, c in kernel.tuner.cache.items()}
+        choices = {k: e for k, e in choices.items() if have.get(k) != e}
+        if choices:
+            out[name] = choices
+    return out
 
 
 def seed(kernel, table: dict) -> None:
@@ -78,10 +95,11 @@ def held_keys() -> int:
     return sum(len(k.tuner.cache) for k in KERNELS.values())
 
 
-def active_table(gpu: str):
-    """The table file a kernel on this GPU starts from, or None (none written, or tables are off)."""
-    path = table_path(gpu)
-    return path if enabled() and path.exists() else None
+def active_tables(gpu: str) -> list[Path]:
+    """The table files a kernel on this GPU starts from, defaults first ([] when tables are off)."""
+    if not enabled():
+        return []
+    return [p for p in (table_path(gpu), table_path(gpu, user_dir())) if p.exists()]
 
 
 _loaded: dict = {}
@@ -101,19 +119,24 @@ def _read(path: Path) -> dict:
 
 
 def load(gpu: str) -> dict:
-    """The kernels part of tables/<gpu>.json ({} when there is none, or tables are off), read once."""
+    """The kernels part of the GPU's tables merged ({} when there are none, or tables are off), read once."""
     if gpu not in _loaded:
-        path = active_table(gpu)
-        _loaded[gpu] = _read(path) if path else {}
+        merged: dict = {}
+        for path in active_tables(gpu):
+            for name, choices in _read(path).items():
+                if isinstance(choices, dict):
+                    merged.setdefault(name, {}).update(choices)
+        _loaded[gpu] = merged
     return _loaded[gpu]
 
 
-def save(gpu: str) -> Path:
-    """Merge the registered kernels' tuned choices into tables/<gpu>.json (this run's choice wins a shared key). The
-    file is replaced whole (written beside it, then renamed), so a reader never sees half of it."""
-    path = table_path(gpu)
+def save(gpu: str, directory: Path | None = None, only_new: bool = False) -> Path:
+    """Merge the registered kernels' tuned choices into <directory>/<gpu>.json (default: the package's table;
+    this run's choice wins a shared key); `only_new`: just those the loaded tables lack. The file is replaced
+    whole (written beside it, then renamed), so a reader never sees half of it."""
+    path = table_path(gpu, directory)
     merged = _read(path) if path.exists() else {}
-    for name, choices in entries(KERNELS).items():
+    for name, choices in entries(KERNELS, load(gpu) if only_new else None).items():
         merged.setdefault(name, {}).update(choices)
     path.parent.mkdir(parents=True, exist_ok=True)
     doc = {"gpu": gpu, "triton": triton.__version__, "kernels": merged}

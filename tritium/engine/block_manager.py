@@ -162,10 +162,11 @@ class BlockManager:
             seq.block_table.append(self._take_free_block())
 
     def register_computed(self, seq: Sequence) -> None:
-        """After a step: register every full block of ``seq`` whose K/V is now computed."""
+        """Register every full block of ``seq`` whose K/V is computed (or its step enqueued: later readers run
+        after it on the device) and whose token ids are known (no placeholder)."""
         if not self.enable_prefix_caching:
             return
-        for i in range(len(seq.block_keys), seq.num_computed_tokens // self.block_size):
+        for i in range(len(seq.block_keys), min(seq.num_computed_tokens, seq.num_known_tokens) // self.block_size):
             bid = seq.block_table[i]
             h = self._content_hash(seq, i)
             tokens = tuple(seq.block(i))

@@ -1,7 +1,6 @@
 """Engine configuration: one frozen, validated dataclass.
 
-Fields and defaults follow Nano-vLLM, plus prefix caching, a dtype override, a seed and the scheduling
-policy. Every field is checked in ``__post_init__`` and a bad value raises ``ValueError`` naming the field.
+Fields and defaults follow Nano-vLLM, plus prefix caching, a dtype override and a seed. Every field is checked in ``__post_init__`` and a bad value raises ``ValueError`` naming the field.
 ``EngineConfig.from_kwargs(model, **kwargs)`` is the entry point for user keywords (``LLM(model, **kw)``):
 an unknown keyword is an error that lists the valid ones, never silently dropped.
 
@@ -23,7 +22,6 @@ _DTYPES = {
     "bfloat16": "bfloat16", "bf16": "bfloat16",
     "float32": "float32", "fp32": "float32", "float": "float32",
 }
-SCHEDULER_POLICIES = ("alternate", "prefill_first")
 
 
 def _check_int(name: str, value, minimum: int) -> None:
@@ -43,8 +41,8 @@ class EngineConfig:
     """Settings of one engine instance.
 
     model: path of an HF-format checkpoint directory.
-    max_num_batched_tokens: token budget of one prefill step (longer prompts are chunked over steps); also
-        caps the number of sequences decoded per step.
+    max_num_batched_tokens: token budget of one step, decode rows and prefill chunks together (longer
+        prompts are chunked over steps); also caps the number of sequences decoded per step.
     max_num_seqs: most sequences running (holding KV blocks) at once.
     max_model_len: longest sequence (prompt + completion), capped by the model's positions.
     gpu_memory_utilization: fraction of the GPU's memory the engine may use in total (KV cache sizing).
@@ -56,9 +54,6 @@ class EngineConfig:
     dtype: None keeps the checkpoint's dtype; else "bfloat16" / "float16" / "float32" (aliases bf16,
         fp16, half, fp32, float, "auto" (= None) and torch dtypes accepted, normalised to the name).
     seed: seeds the generator that draws a sampling seed for every request that brings none.
-    scheduler_policy: "alternate" (a prefill step and a decode step take turns while both kinds of work
-        exist, so running requests keep producing tokens while long prompts prefill) or "prefill_first"
-        (Nano-vLLM: prefill whenever a waiting request can be admitted).
     """
 
     model: str
@@ -73,7 +68,6 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     dtype: str | None = None
     seed: int = 0
-    scheduler_policy: str = "alternate"
 
     def __post_init__(self):
         if not isinstance(self.model, str) or not self.model:
@@ -106,10 +100,6 @@ class EngineConfig:
                     f"dtype must be None, 'auto' or one of {sorted(set(_DTYPES.values()))} "
                     f"(aliases {sorted(k for k in _DTYPES if k not in _DTYPES.values())}), got {self.dtype!r}"
                 )
-        if self.scheduler_policy not in SCHEDULER_POLICIES:
-            raise ValueError(
-                f"scheduler_policy must be one of {SCHEDULER_POLICIES}, got {self.scheduler_policy!r}"
-            )
 
     @classmethod
     def field_names(cls) -> list[str]:

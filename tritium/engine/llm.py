@@ -44,9 +44,29 @@ class LLM:
         self.tokenizer = AutoTokenizer.from_pretrained(config.model)
         platform.announce_cpu_mode()
         self.runner = ModelRunner(self.config, self.hf_config, platform.DEVICE)
+        self._reset()
+        if platform.HAS_CUDA:
+            self.warm_up()
+
+    def _reset(self) -> None:
         self.scheduler = Scheduler(self.config, self.runner.num_blocks, self._eos_token_ids())
         self._seqs: dict[int, Sequence] = {}
-        self.stats = {"prefill_tokens": 0, "prefill_s": 0.0, "decode_tokens": 0, "decode_s": 0.0}
+        self._in_flight = None  # (batch, SampledTokens) of the step launched last, not yet collected
+        self.stats = {"prefill_tokens": 0, "decode_tokens": 0}
+
+    def warm_up(self) -> None:
+        """Meet every kernel shape the config allows (tritium.engine.warmup; start-up does this on a GPU),
+        save what had to be tuned to the user's table, and start again with an empty scheduler."""
+        from tritium.autotune import tables
+        from tritium.engine.warmup import warm_up
+
+        if not self.is_finished():
+            raise RuntimeError("warm_up needs an idle engine")
+        warm_up(self)
+        gpu = platform.gpu_name()
+        if tables.enabled() and tables.entries(tables.KERNELS, tables.load(gpu)):
+            tables.save(gpu, tables.user_dir(), only_new=True)
+        self._reset()
 
     def _eos_token_ids(self) -> list[int]:
         """EOS ids from config.json and generation_config.json (chat checkpoints end turns with another id)."""
@@ -111,22 +131,28 @@ class LLM:
         self.scheduler.abort(seq_id)
 
     def is_finished(self) -> bool:
-        return self.scheduler.is_finished()
+        return self.scheduler.is_finished() and self._in_flight is None
 
     # ---- stepping ------------------------------------------------------------------------------------
     def step(self) -> list[StepOutput]:
-        """Run one scheduled step; returns the token each sampling request got."""
+        """Launch the next step, then collect the one launched before it (so the host schedules while the
+        GPU computes); returns the tokens that step gave its requests."""
         batch = self.scheduler.schedule()
-        if batch is None:
+        launched = (batch, self.runner.launch(batch)) if batch is not None else None
+        done, self._in_flight = self._in_flight, launched
+        if done is None:
+            if launched is None and not self.scheduler.is_finished():
+                raise RuntimeError("scheduler stalled with work left and no step in flight")
             return []
-        t0 = time.perf_counter()
-        sampling = [s for s, smp in zip(batch.seqs, batch.samples) if smp]  # before postprocess moves them on
-        tokens = self.runner.run(batch)
-        kind = "prefill" if batch.is_prefill else "decode"
-        self.stats[f"{kind}_tokens"] += batch.num_tokens
-        self.stats[f"{kind}_s"] += time.perf_counter() - t0
+        batch, tokens = done
+        tokens = tokens.tolist()
+        self.stats["prefill_tokens"] += batch.num_tokens - batch.num_decodes
+        self.stats["decode_tokens"] += batch.num_decodes
+        seqs = batch.sampling_seqs
         self.scheduler.postprocess(batch, tokens)
-        return [StepOutput(s.seq_id, t, s.is_finished) for s, t in zip(sampling, tokens)]
+        # A token a request kept (not one computed after it had stopped, or after an abort).
+        return [StepOutput(s.seq_id, t, s.is_finished) for s, t, i in zip(seqs, tokens, batch.token_index)
+                if len(s.token_ids) > i]
 
     def result(self, seq_id: int) -> dict:
         seq = self._seqs[seq_id]
@@ -162,13 +188,14 @@ class LLM:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=len(ids), desc="Generating", dynamic_ncols=True)
+        start, produced = time.perf_counter(), 0
         while pending:
-            done = [o.seq_id for o in self.step() if o.finished and o.seq_id in pending]
+            outs = self.step()
+            produced += len(outs)
+            done = [o.seq_id for o in outs if o.finished and o.seq_id in pending]
             pending.difference_update(done)
             if bar is not None:
-                st = self.stats
-                bar.set_postfix(prefill=f"{st['prefill_tokens'] / max(st['prefill_s'], 1e-9):.0f}tok/s",
-                                decode=f"{st['decode_tokens'] / max(st['decode_s'], 1e-9):.0f}tok/s")
+                bar.set_postfix(output=f"{produced / max(time.perf_counter() - start, 1e-9):.0f}tok/s")
                 bar.update(len(done))
         if bar is not None:
             bar.close()

@@ -2,10 +2,16 @@
 
 - Loads the checkpoint, sizes the KV cache from the memory left after a warm-up forward at the largest step
   (GPU) or from a fixed token budget (CPU), and binds the cache to every attention layer.
-- Prefill steps run eagerly (varlen, any length). Decode steps replay a CUDA graph captured at the next
-  bucketed batch size (1, 2, 4, 8, 16, 32, 48, ... up to max_running) over static input buffers; padded rows
-  have context length 0 and slot -1, so they read and write no KV. Every kernel is tuned by an eager run at
-  the bucket's shapes before capture, so nothing tunes inside a graph. `enforce_eager` (and the CPU) skip graphs.
+- `launch(batch)` enqueues one step and returns its sampled ids as SampledTokens (copied to the host without
+  blocking; `.tolist()` waits), so the engine can schedule the next step while this one runs. Inputs whose id
+  is a placeholder (sampled by the previous step, see scheduler.py) are taken from that step's ids on the
+  device.
+- Steps with prefill chunks (possibly after decode rows: a mixed step) run eagerly. Pure decode steps replay a
+  CUDA graph captured at the next bucketed batch size (1, 2, 4, 8, 16, 32, 48, ... up to max_running) over
+  static input buffers; padded rows have context length 0 and slot -1, so they read and write no KV. Every
+  kernel is tuned by an eager run at the bucket's shapes before capture, so nothing tunes inside a graph.
+  `enforce_eager` (and the CPU) skip graphs. On the GPU block tables are always max_model_len wide, so eager
+  decode rows meet the kernel keys the graphs were tuned at.
 - Sampling runs the sampling kernel on the logits of the rows that sample.
 """
 from __future__ import annotations
@@ -15,7 +21,8 @@ import torch
 from tritium.engine.config import EngineConfig
 from tritium.engine.scheduler import ScheduledBatch
 from tritium.kernels.sampling import sample
-from tritium.model.attention import AttentionMetadata, allocate_kv_cache, kv_cache_bytes_per_block
+from tritium.model.attention import (AttentionMetadata, allocate_kv_cache, kv_cache_bytes_per_block,
+                                     release_kv_cache)
 from tritium.model.loader import config_dtype, load_model
 
 CPU_CACHE_TOKENS = 1 << 16  # KV tokens allocated on the CPU when num_kvcache_blocks is auto
@@ -24,6 +31,25 @@ CPU_CACHE_TOKENS = 1 << 16  # KV tokens allocated on the CPU when num_kvcache_bl
 def graph_buckets(max_bs: int) -> list[int]:
     small = [1, 2, 4, 8, 16]
     return sorted({b for b in small if b < max_bs} | set(range(32, max_bs, 16)) | {max_bs})
+
+
+class SampledTokens:
+    """A step's sampled ids [S], copied to the host without blocking; tolist() waits for them."""
+
+    def __init__(self, ids: torch.Tensor):
+        self._event = None
+        if ids.is_cuda:
+            self._host = torch.empty(ids.shape, dtype=ids.dtype, pin_memory=True)
+            self._host.copy_(ids, non_blocking=True)
+            self._event = torch.cuda.Event()
+            self._event.record()
+        else:
+            self._host = ids
+
+    def tolist(self) -> list[int]:
+        if self._event is not None:
+            self._event.synchronize()
+        return self._host.tolist()
 
 
 class ModelRunner:
@@ -37,6 +63,7 @@ class ModelRunner:
         self.num_blocks = config.num_kvcache_blocks if config.num_kvcache_blocks > 0 else self._auto_num_blocks()
         self.kv_cache = allocate_kv_cache(self.model, self.num_blocks, self.block_size, self.dtype, device)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self._last_sampled = torch.empty(0, dtype=torch.int64, device=device)  # the last step's ids
         if device.type == "cuda" and not config.enforce_eager:
             self._capture_decode_graphs()
 
@@ -47,12 +74,15 @@ class ModelRunner:
             return max(self.max_blocks_per_seq, CPU_CACHE_TOKENS // self.block_size)
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-        self._warmup_forward()
+        tokens, cache_bytes = self._warmup_forward()  # its throwaway cache is released again
+        torch.cuda.empty_cache()
         free, total = torch.cuda.mem_get_info()
         stats = torch.cuda.memory_stats()
         peak, current = stats["allocated_bytes.all.peak"], stats["allocated_bytes.all.current"]
-        # What the process will hold at most outside the cache: now + the warm-up's transient peak.
-        budget = total * self.config.gpu_memory_utilization - (total - free) - (peak - current)
+        activations = max(0, peak - cache_bytes - current)  # the largest step's transient tensors
+        # The decode graphs keep their own pool: activations of max_bs rows, budgeted at the same rate per row.
+        graphs = 0 if self.config.enforce_eager else activations * self.max_bs // max(tokens, 1)
+        budget = total * self.config.gpu_memory_utilization - (total - free) - activations - graphs
         num_blocks = int(budget // per_block)
         if num_blocks < self.max_blocks_per_seq:
             raise ValueError(
@@ -61,16 +91,17 @@ class ModelRunner:
                 f"raise gpu_memory_utilization or lower max_model_len")
         return num_blocks
 
-    def _warmup_forward(self) -> None:
+    def _warmup_forward(self) -> tuple[int, int]:
         """The largest prefill step (max_num_batched_tokens over as few sequences as fit) with a throwaway
-        cache, plus logits and sampling for max_bs rows: measures the activation peak."""
+        cache, plus logits and sampling for max_bs rows: measures the activation peak. Returns (tokens,
+        bytes of the throwaway cache)."""
         cfg = self.config
         tokens = min(cfg.max_num_batched_tokens, self.max_bs * cfg.max_model_len)
         lens = [cfg.max_model_len] * (tokens // cfg.max_model_len)
         if tokens % cfg.max_model_len:
             lens.append(tokens % cfg.max_model_len)
         blocks = [-(-n // self.block_size) for n in lens]
-        allocate_kv_cache(self.model, sum(blocks), self.block_size, self.dtype, self.device)
+        cache_bytes = allocate_kv_cache(self.model, sum(blocks), self.block_size, self.dtype, self.device).nbytes
         tables, nxt = [], 0
         for b in blocks:
             tables.append(list(range(nxt, nxt + b)))
@@ -79,13 +110,15 @@ class ModelRunner:
         positions = [p for n in lens for p in range(n)]
         slots = [t[p // self.block_size] * self.block_size + p % self.block_size for t, n in zip(tables, lens)
                  for p in range(n)]
-        meta, ids_t, pos_t = self._prefill_tensors(ids, positions, slots, lens, lens, tables)
+        meta, ids_t, pos_t = self._device_inputs(ids, positions, slots, lens, lens, tables, 0)
         hidden = self.model(ids_t, pos_t, meta)
         rows = torch.arange(self.max_bs, device=self.device) % hidden.shape[0]
-        self._sample(self.model.compute_logits(hidden[rows]), [0.0] * self.max_bs, [0] * self.max_bs,
-                     [0] * self.max_bs, None)
-        del hidden
+        zeros = [0] * self.max_bs
+        self._sample(self.model.compute_logits(hidden[rows]), [0.0] * self.max_bs, zeros, zeros, None)
+        del hidden, meta
         torch.cuda.synchronize()
+        release_kv_cache(self.model)  # before free memory is measured
+        return tokens, cache_bytes
 
     # ---- inputs ------------------------------------------------------------------------------------------
     def _tensor(self, values, dtype=torch.int32) -> torch.Tensor:
@@ -93,56 +126,68 @@ class ModelRunner:
         return t.to(self.device, non_blocking=True)
 
     def _block_table_tensor(self, tables: list[list[int]]) -> torch.Tensor:
-        width = max(len(t) for t in tables)
+        width = self.max_blocks_per_seq if self.device.type == "cuda" else max(len(t) for t in tables)
         return self._tensor([t + [0] * (width - len(t)) for t in tables])
 
-    def _prefill_tensors(self, ids, positions, slots, query_lens, context_lens, tables):
+    def _device_inputs(self, ids, positions, slots, query_lens, context_lens, tables, num_decodes: int):
+        """(metadata, ids, positions) on the device; one copy for the token rows, one for the sequences."""
+        tok = self._tensor([ids, positions, slots], torch.int64)  # [3, T]
+        prefill_lens = query_lens[num_decodes:]
         cu = [0]
-        for n in query_lens:
+        for n in prefill_lens:
             cu.append(cu[-1] + n)
+        per_seq = self._tensor(context_lens + cu)  # [B + prefill seqs + 1]
+        B = len(context_lens)
         meta = AttentionMetadata(
-            is_prefill=True, slot_mapping=self._tensor(slots, torch.int64), seq_lens=self._tensor(context_lens),
-            block_tables=self._block_table_tensor(tables), cu_seqlens_q=self._tensor(cu),
-            max_seqlen_q=max(query_lens))
-        return meta, self._tensor(ids, torch.int64), self._tensor(positions, torch.int64)
+            slot_mapping=tok[2], seq_lens=per_seq[:B], block_tables=self._block_table_tensor(tables),
+            num_decodes=num_decodes, cu_seqlens_q=per_seq[B:] if prefill_lens else None,
+            max_seqlen_q=max(prefill_lens, default=1))
+        return meta, tok[0], tok[1]
+
+    def _take_pending(self, ids: torch.Tensor, x) -> None:
+        """Fill the rows of `ids` whose token is the previous step's sampled id (on the device)."""
+        if x.pending_rows:
+            ids[self._tensor(x.pending_rows, torch.int64)] = self._last_sampled[self._tensor(x.pending_src,
+                                                                                              torch.int64)]
 
     # ---- one step ----------------------------------------------------------------------------------------
     @torch.inference_mode()
-    def run(self, batch: ScheduledBatch) -> list[int]:
-        """Compute the batch; returns one sampled token per sampling sequence, in batch order."""
+    def launch(self, batch: ScheduledBatch) -> SampledTokens:
+        """Enqueue the batch; returns one sampled id per sampling sequence, in batch order, when ready."""
         x = batch.inputs()
-        if batch.is_prefill:
-            meta, ids, pos = self._prefill_tensors(x.input_ids, x.positions, x.slot_mapping, x.query_lens,
-                                                   x.context_lens, x.block_tables)
-            hidden = self.model(ids, pos, meta)
-            hidden = hidden[self._tensor(x.sample_rows, torch.int64)] if x.sample_rows else hidden[:0]
+        if not batch.is_prefill and next((b for b in self.graphs if b >= len(x.input_ids)), None):
+            hidden = self._decode_graph(x)
         else:
-            hidden = self._decode(x)
+            meta, ids, pos = self._device_inputs(x.input_ids, x.positions, x.slot_mapping, x.query_lens,
+                                                 x.context_lens, x.block_tables, batch.num_decodes)
+            self._take_pending(ids, x)
+            hidden = self.model(ids, pos, meta)
+            if batch.is_prefill:
+                hidden = hidden[self._tensor(x.sample_rows, torch.int64)] if x.sample_rows else hidden[:0]
         if not x.sample_rows:
-            return []
+            return SampledTokens(torch.empty(0, dtype=torch.int64))
         logits = self.model.compute_logits(hidden)
         params = [batch.seqs[i].sampling_params for i in x.sample_seq_indices]
-        return self._sample(logits, [p.temperature for p in params], x.seeds, x.sample_offsets, params).tolist()
+        self._last_sampled = self._sample(logits, [p.temperature for p in params], x.seeds, x.sample_offsets,
+                                          params)
+        return SampledTokens(self._last_sampled)
 
-    def _decode(self, x, eager: bool = False) -> torch.Tensor:
-        """Decode hidden states [bs, hidden]. With graphs captured, the batch is padded to its bucket in the static
-        buffers and the bucket's graph replays (eager=True runs the same padded batch without the graph)."""
+    def _decode_graph(self, x, eager: bool = False) -> torch.Tensor:
+        """Decode hidden states [bs, hidden]: the batch padded to its bucket in the static buffers, and the
+        bucket's graph replayed (eager=True runs the same padded batch without the graph)."""
         bs = len(x.input_ids)
-        bucket = next((b for b in self.graphs if b >= bs), None)
-        if bucket is None:
-            meta = AttentionMetadata(
-                is_prefill=False, slot_mapping=self._tensor(x.slot_mapping, torch.int64),
-                seq_lens=self._tensor(x.context_lens), block_tables=self._block_table_tensor(x.block_tables))
-            return self.model(self._tensor(x.input_ids, torch.int64), self._tensor(x.positions, torch.int64), meta)
+        bucket = next(b for b in self.graphs if b >= bs)
+        meta, ids, pos = self._device_inputs(x.input_ids, x.positions, x.slot_mapping, x.query_lens,
+                                             x.context_lens, x.block_tables, bs)
+        self._take_pending(ids, x)
         s = self.static
-        s["ids"][:bs].copy_(self._tensor(x.input_ids, torch.int64))
-        s["pos"][:bs].copy_(self._tensor(x.positions, torch.int64))
+        s["ids"][:bs].copy_(ids)
+        s["pos"][:bs].copy_(pos)
         s["slots"].fill_(-1)
-        s["slots"][:bs].copy_(self._tensor(x.slot_mapping, torch.int64))
+        s["slots"][:bs].copy_(meta.slot_mapping)
         s["seq_lens"].zero_()
-        s["seq_lens"][:bs].copy_(self._tensor(x.context_lens))
-        table = self._block_table_tensor(x.block_tables)
-        s["tables"][:bs, : table.shape[1]].copy_(table)
+        s["seq_lens"][:bs].copy_(meta.seq_lens)
+        s["tables"][:bs].copy_(meta.block_tables)
         if eager:
             s["hidden"][:bucket] = self.model(s["ids"][:bucket], s["pos"][:bucket], self._static_meta(bucket))
         else:
@@ -151,8 +196,8 @@ class ModelRunner:
 
     def _static_meta(self, bs: int) -> AttentionMetadata:
         s = self.static
-        return AttentionMetadata(is_prefill=False, slot_mapping=s["slots"][:bs], seq_lens=s["seq_lens"][:bs],
-                                 block_tables=s["tables"][:bs])
+        return AttentionMetadata(slot_mapping=s["slots"][:bs], seq_lens=s["seq_lens"][:bs],
+                                 block_tables=s["tables"][:bs], num_decodes=bs)
 
     def _sample(self, logits, temperatures, seeds, offsets, params) -> torch.Tensor:
         kw = {}
@@ -163,8 +208,8 @@ class ModelRunner:
                 kw["top_p"] = self._tensor([p.top_p for p in params], torch.float32)
             if any(p.min_p > 0.0 for p in params):
                 kw["min_p"] = self._tensor([p.min_p for p in params], torch.float32)
-        return sample(logits, self._tensor(temperatures, torch.float32), self._tensor(seeds, torch.int64),
-                      self._tensor(offsets, torch.int64), **kw)
+        seeds_offsets = self._tensor([seeds, offsets], torch.int64)
+        return sample(logits, self._tensor(temperatures, torch.float32), seeds_offsets[0], seeds_offsets[1], **kw)
 
     # ---- CUDA graphs -------------------------------------------------------------------------------------
     def _capture_decode_graphs(self) -> None:
@@ -200,8 +245,6 @@ class ModelRunner:
 
     def close(self) -> None:
         """Drop the graphs and the KV cache so their memory can be reused."""
-        from tritium.model.attention import release_kv_cache
-
         self.graphs.clear()
         self.static = {}
         release_kv_cache(self.model)

@@ -1,53 +1,52 @@
 """Continuous batching: which sequences run in the next step, and how many tokens each computes.
 
-Loop (driven by the engine)::
+Loop (driven by the engine, one step in flight while the next is scheduled)::
 
-    batch = scheduler.schedule()          # None only when nothing is left (is_finished())
-    inputs = batch.inputs()               # flat ids/positions/slots for the model runner (see BatchInputs)
-    token_ids = runner.run(batch, ...)    # one sampled token per sequence with batch.samples[i] True
-    finished = scheduler.postprocess(batch, token_ids)
+    batch = scheduler.schedule()          # commits the step: computed counts advance, placeholders appended
+    handle = runner.launch(batch)         # enqueued on the GPU; placeholder inputs come from the last step
+    scheduler.postprocess(prev_batch, prev_handle.tokens())   # the previous step's ids replace its placeholders
+    prev_batch, prev_handle = batch, handle
 
-A step is either a PREFILL step (new or preempted sequences, possibly one chunk of a long prompt) or a
-DECODE step (every running sequence whose prefill is done computes its last token and samples one more).
+``schedule`` may be called again before the last batch's ``postprocess`` (that is the point: host work
+overlaps the GPU); the engine keeps at most one step in flight, so a placeholder input always comes from
+the step just before. A sequence that stops on EOS or a stop token is found one step late: the step
+scheduled meanwhile computed one token for it that is dropped. Reaching max_tokens or max_model_len is
+known at scheduling, so no step is wasted on it.
 
-Prefill steps: first the unfinished chunked prefill, if any; then waiting sequences oldest first, while
-the per-step token budget ``max_num_batched_tokens`` lasts, fewer than ``max_running`` sequences hold
-blocks, and the block manager can allocate the next one (FIFO: admission stops at the first that does not
-fit, so nobody overtakes an older request). A prompt longer than the remaining budget gets a chunk of what
-is left: it is the one partial prefill of the step and always the last sequence of the batch. A sequence
-whose prefill is unfinished does not sample and continues in the next prefill step. All of a sequence's
-blocks are allocated when it is admitted, so a started prefill never waits for memory.
+A step is mixed: first every running sequence in decode state (everything computed but its last token)
+computes that token and samples one more, oldest first, at most ``max_running``; then prefill chunks fill
+the rest of ``max_num_batched_tokens``: the unfinished chunked prefill, if any, then waiting sequences
+oldest first while the budget lasts, fewer than ``max_running`` hold blocks, and the block manager can
+allocate (FIFO: admission stops at the first that does not fit, or whose last sampled id is not back yet).
+A prompt longer than the remaining budget gets a chunk of what is left: it is the one partial prefill of
+the step and the last sequence of the batch; it samples only in the step that finishes it. All of a
+sequence's blocks are allocated when it is admitted, so a started prefill never waits for memory.
 
-Decode steps: running sequences oldest first (at most ``max_running``); a sequence whose last token needs
-a new block and finds none preempts the NEWEST running sequence (by recompute: its blocks are freed, it goes
-back to the waiting queue in age order and later re-prefills prompt + completion so far, mostly from the
-prefix cache), possibly itself. The oldest request is therefore never preempted (``add`` guarantees that
-one request alone fits in the cache) and every request finishes.
+A decoding sequence whose last token needs a new block and finds none preempts the NEWEST running sequence
+(by recompute: its blocks are freed, it goes back to the waiting queue in age order and later re-prefills
+prompt + completion so far, mostly from the prefix cache), possibly itself. The oldest request is never
+preempted (``add`` guarantees that one request alone fits in the cache) and every request finishes.
 
-Policy ("scheduler_policy" in EngineConfig): "alternate" runs a decode step after each prefill step when
-there are sequences to decode, so running requests keep producing tokens while long prompts are chunked
-through; "prefill_first" (Nano-vLLM) prefills whenever something can be admitted. Mixed prefill+decode
-steps are not done: each step is one kind.
-
-``max_running = min(max_num_seqs, max_num_batched_tokens)`` so a decode step never exceeds the token
-budget either (the runner can size its buffers by max_num_batched_tokens and its graphs by max_running).
+``max_running = min(max_num_seqs, max_num_batched_tokens)`` so the decode part never exceeds the token
+budget (the runner sizes its graphs by max_running).
 """
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import random
 from dataclasses import dataclass, field
 
 from tritium.engine.block_manager import BlockManager
 from tritium.engine.config import EngineConfig
-from tritium.engine.sequence import Sequence, SequenceStatus
+from tritium.engine.sequence import PLACEHOLDER, Sequence, SequenceStatus
 
 
 @dataclass
 class BatchInputs:
     """A step's inputs flattened over its sequences (plain lists; the runner makes tensors)."""
 
-    input_ids: list[int]  # [T] tokens to compute, sequence after sequence
+    input_ids: list[int]  # [T] tokens to compute, sequence after sequence (PLACEHOLDER: see pending_*)
     positions: list[int]  # [T]
     slot_mapping: list[int]  # [T] KV-cache slot of each token
     query_lens: list[int]  # [B] n_new per sequence (cu_seqlens_q = cumsum)
@@ -57,18 +56,29 @@ class BatchInputs:
     sample_seq_indices: list[int]  # [S] index in the batch of each sampling sequence
     seeds: list[int]  # [S]
     sample_offsets: list[int]  # [S] completion tokens so far (RNG step)
+    pending_rows: list[int]  # [P] rows of input_ids whose id is the previous step's sampled id ...
+    pending_src: list[int]  # [P] ... number pending_src[j] of that step's sampled ids
 
 
 @dataclass
 class ScheduledBatch:
+    """One step. The first ``num_decodes`` sequences decode (one token each); the rest prefill."""
+
     seqs: list[Sequence]
     num_new_tokens: list[int]  # tokens each sequence computes in this step
-    is_prefill: bool
+    num_decodes: int = 0
     starts: list[int] = field(default_factory=list)  # num_computed_tokens when scheduled
+    samples: list[bool] = field(default_factory=list)  # whether each sequence samples a token
+    token_index: list[int] = field(default_factory=list)  # [S] where each sampled id goes in token_ids
+    prev_src: list[int] = field(default_factory=list)  # pending_src of each sequence when scheduled
 
     def __post_init__(self):
         if not self.starts:
             self.starts = [s.num_computed_tokens for s in self.seqs]
+        if not self.samples:
+            self.samples = [c + n == s.num_tokens for s, c, n in zip(self.seqs, self.starts, self.num_new_tokens)]
+        if not self.prev_src:
+            self.prev_src = [s.pending_src for s in self.seqs]
 
     def __len__(self) -> int:
         return len(self.seqs)
@@ -78,24 +88,33 @@ class ScheduledBatch:
         return sum(self.num_new_tokens)
 
     @property
-    def samples(self) -> list[bool]:
-        """Whether each sequence samples a token after this step (False only for an unfinished chunk)."""
-        return [c + n == s.num_tokens for s, c, n in zip(self.seqs, self.starts, self.num_new_tokens)]
+    def is_prefill(self) -> bool:
+        """Whether any sequence prefills (a pure decode step can replay a CUDA graph)."""
+        return self.num_decodes < len(self.seqs)
+
+    @property
+    def sampling_seqs(self) -> list[Sequence]:
+        return [s for s, smp in zip(self.seqs, self.samples) if smp]
 
     def step_inputs(self):
-        """Per-sequence StepInputs (see tritium.engine.sequence); call before postprocess."""
-        return [s.step_inputs(n, c) for s, c, n in zip(self.seqs, self.starts, self.num_new_tokens)]
+        """Per-sequence StepInputs (see tritium.engine.sequence), as of scheduling."""
+        return [dataclasses.replace(s.step_inputs(n, c), samples=smp, sample_offset=c + n - s.num_prompt_tokens)
+                for s, c, n, smp in zip(self.seqs, self.starts, self.num_new_tokens, self.samples)]
 
     def inputs(self) -> BatchInputs:
         """Flat inputs; the same values as step_inputs(), built without per-sequence objects (hot path)."""
-        out = BatchInputs([], [], [], [], [], [], [], [], [], [])
+        out = BatchInputs([], [], [], [], [], [], [], [], [], [], [], [])
         ids, pos, slots = out.input_ids, out.positions, out.slot_mapping
-        for i, (seq, c, n) in enumerate(zip(self.seqs, self.starts, self.num_new_tokens)):
+        for i, (seq, c, n, smp) in enumerate(zip(self.seqs, self.starts, self.num_new_tokens, self.samples)):
             bs, table, end = seq.block_size, seq.block_table, c + n
             if end > len(table) * bs:
                 raise ValueError(f"block table of sequence {seq.seq_id} does not cover position {end - 1}")
             if n == 1:  # decode
-                ids.append(seq.token_ids[c])
+                tok = seq.token_ids[c]
+                if tok == PLACEHOLDER:
+                    out.pending_rows.append(len(ids))
+                    out.pending_src.append(self.prev_src[i])
+                ids.append(tok)
                 pos.append(c)
                 slots.append(table[c // bs] * bs + c % bs)
             else:
@@ -111,11 +130,11 @@ class ScheduledBatch:
             out.query_lens.append(n)
             out.context_lens.append(end)
             out.block_tables.append(table[:])
-            if end == len(seq.token_ids):
+            if smp:
                 out.sample_rows.append(len(ids) - 1)
                 out.sample_seq_indices.append(i)
                 out.seeds.append(seq.seed)
-                out.sample_offsets.append(len(seq.token_ids) - seq.num_prompt_tokens)
+                out.sample_offsets.append(end - seq.num_prompt_tokens)
         return out
 
 
@@ -136,7 +155,6 @@ class Scheduler:
         self.waiting: list[Sequence] = []  # sorted by arrival; hold no blocks
         self.running: list[Sequence] = []  # sorted by arrival; hold blocks
         self._arrivals = 0
-        self._last_was_prefill = False
         self.num_preemptions = 0
 
     # ---- queue ---------------------------------------------------------------------------------------
@@ -171,63 +189,44 @@ class Scheduler:
             for seq in queue:
                 if seq.seq_id == seq_id:
                     queue.remove(seq)
-                    self.block_manager.deallocate(seq)
-                    seq.status, seq.finish_reason = SequenceStatus.FINISHED, "abort"
+                    self._finish(seq, "abort")
                     return seq
         return None
 
+    def _finish(self, seq: Sequence, reason: str) -> None:
+        self.block_manager.deallocate(seq)
+        seq.drop_pending()
+        seq.status, seq.finish_reason = SequenceStatus.FINISHED, reason
+
     # ---- scheduling ----------------------------------------------------------------------------------
     def schedule(self) -> ScheduledBatch | None:
-        decode_ready = any(self._prefill_done(s) for s in self.running)
-        prefer_decode = decode_ready and (
-            self.config.scheduler_policy == "alternate" and self._last_was_prefill)
-        order = (self._schedule_decode, self._schedule_prefill) if prefer_decode else \
-            (self._schedule_prefill, self._schedule_decode)
-        for fn in order:
-            batch = fn()
-            if batch is not None:
-                self._last_was_prefill = batch.is_prefill
-                return batch
-        assert self.is_finished(), "scheduler stalled with work left"
-        return None
+        """The next step (decodes first, then prefill chunks), committed; None when nothing can run until
+        an earlier step's results are back (or nothing is left)."""
+        seqs = self._schedule_decodes()
+        num_decodes, counts = len(seqs), [1] * len(seqs)
+        self._schedule_prefills(seqs, counts, self.max_budget - len(seqs))
+        if not seqs:
+            return None
+        batch = ScheduledBatch(seqs, counts, num_decodes=num_decodes)
+        self._commit(batch)
+        return batch
 
-    @staticmethod
-    def _prefill_done(seq: Sequence) -> bool:
-        """Decode state: everything but the last (sampled) token is computed."""
-        return seq.num_computed_tokens == seq.num_tokens - 1 and seq.num_completion_tokens > 0
+    def _decoding(self, seq: Sequence) -> bool:
+        """Decode state: everything but the last token computed (it was sampled), and more to come."""
+        return (seq.num_computed_tokens == seq.num_tokens - 1 and seq.num_completion_tokens > 0
+                and not self._at_length_limit(seq))
 
-    def _schedule_prefill(self) -> ScheduledBatch | None:
-        budget, seqs, counts = self.max_budget, [], []
-        partial = [s for s in self.running if not self._prefill_done(s)]
-        assert len(partial) <= 1, "more than one unfinished prefill"
-        for seq in partial:  # continue the chunked prefill first: its blocks are already held
-            n = min(seq.num_uncomputed_tokens, budget)
-            seqs.append(seq), counts.append(n)
-            budget -= n
-            if n < seq.num_uncomputed_tokens:
-                return ScheduledBatch(seqs, counts, True)
-        while self.waiting and budget > 0 and len(self.running) < self.max_running:
-            seq = self.waiting[0]
-            if not self.block_manager.can_allocate(seq):
-                break
-            self.waiting.pop(0)
-            self.block_manager.allocate(seq)  # sets num_computed_tokens to the cached prefix
-            seq.status = SequenceStatus.RUNNING
-            bisect.insort(self.running, seq, key=lambda s: s.arrival)
-            n = min(seq.num_uncomputed_tokens, budget)
-            seqs.append(seq), counts.append(n)
-            budget -= n
-            if n < seq.num_uncomputed_tokens:
-                break  # the one partial prefill, last in the batch
-        return ScheduledBatch(seqs, counts, True) if seqs else None
+    def _at_length_limit(self, seq: Sequence) -> bool:
+        return (seq.num_completion_tokens >= seq.sampling_params.max_tokens
+                or seq.num_tokens >= self.config.max_model_len)
 
-    def _schedule_decode(self) -> ScheduledBatch | None:
+    def _schedule_decodes(self) -> list[Sequence]:
         bm, seqs = self.block_manager, []
         for seq in self.running[:]:
             if len(seqs) >= self.max_running:
                 break
-            if seq.status is not SequenceStatus.RUNNING or not self._prefill_done(seq):
-                continue  # preempted earlier in this loop, or mid-prefill
+            if seq.status is not SequenceStatus.RUNNING or not self._decoding(seq):
+                continue  # preempted earlier in this loop, mid-prefill, or waiting to be finished
             if len(seq.block_table) < seq.num_blocks:  # its last token starts a new block
                 while not bm.can_append(seq):
                     self._preempt(self.running[-1])  # the newest: never one already in this batch
@@ -238,7 +237,46 @@ class Scheduler:
                 if seq.status is not SequenceStatus.RUNNING:
                     continue
             seqs.append(seq)
-        return ScheduledBatch(seqs, [1] * len(seqs), False) if seqs else None
+        return seqs
+
+    def _schedule_prefills(self, seqs: list[Sequence], counts: list[int], budget: int) -> None:
+        """Append prefill chunks to the step: the unfinished chunked prefill first, then admissions."""
+        partial = [s for s in self.running if s.num_computed_tokens < s.num_tokens - 1
+                   or (s.num_computed_tokens < s.num_tokens and s.num_completion_tokens == 0)]
+        assert len(partial) <= 1, "more than one unfinished prefill"
+        for seq in partial:  # its blocks are already held
+            if budget <= 0:
+                return
+            n = min(seq.num_uncomputed_tokens, budget)
+            seqs.append(seq), counts.append(n)
+            budget -= n
+            if n < seq.num_uncomputed_tokens:
+                return
+        while self.waiting and budget > 0 and len(self.running) < self.max_running:
+            seq = self.waiting[0]
+            if seq.num_pending_tokens or not self.block_manager.can_allocate(seq):
+                break
+            self.waiting.pop(0)
+            self.block_manager.allocate(seq)  # sets num_computed_tokens to the cached prefix
+            seq.status = SequenceStatus.RUNNING
+            bisect.insort(self.running, seq, key=lambda s: s.arrival)
+            n = min(seq.num_uncomputed_tokens, budget)
+            seqs.append(seq), counts.append(n)
+            budget -= n
+            if n < seq.num_uncomputed_tokens:
+                break  # the one partial prefill, last in the batch
+
+    def _commit(self, batch: ScheduledBatch) -> None:
+        """Advance computed counts and give every sampling sequence a placeholder for its next id."""
+        j = 0
+        for seq, c, n, smp in zip(batch.seqs, batch.starts, batch.num_new_tokens, batch.samples):
+            seq.num_computed_tokens = c + n
+            if smp:
+                batch.token_index.append(seq.num_tokens)
+                seq.token_ids.append(PLACEHOLDER)
+                seq.num_pending_tokens += 1
+                seq.pending_src = j
+                j += 1
 
     def _preempt(self, seq: Sequence) -> None:
         self.running.remove(seq)
@@ -250,40 +288,36 @@ class Scheduler:
 
     # ---- results -------------------------------------------------------------------------------------
     def postprocess(self, batch: ScheduledBatch, token_ids) -> list[Sequence]:
-        """Advance computed counts, append sampled tokens, finish sequences; returns the newly finished.
-
-        ``token_ids`` holds one token per sampling sequence (``batch.samples``), either compactly (only the
-        sampling ones, in batch order) or one entry per batch sequence (entries of non-sampling ones ignored).
-        """
-        samples = batch.samples
-        token_ids = list(token_ids)
-        if len(token_ids) == sum(samples) and len(token_ids) != len(batch.seqs):
-            it = iter(token_ids)
-            token_ids = [next(it) if s else None for s in samples]
-        if len(token_ids) != len(batch.seqs):
-            raise ValueError(f"expected {sum(samples)} or {len(batch.seqs)} token ids, got {len(token_ids)}")
-        finished, bm, bs = [], self.block_manager, self.block_size
-        for seq, start, n, tok, smp in zip(batch.seqs, batch.starts, batch.num_new_tokens, token_ids, samples):
-            if seq.status is not SequenceStatus.RUNNING or seq.num_computed_tokens != start:
-                continue  # aborted or preempted since it was scheduled
-            seq.num_computed_tokens = start + n
-            if len(seq.block_keys) < seq.num_computed_tokens // bs:  # a block became full: cache it
-                bm.register_computed(seq)
-            if not smp:
-                continue
-            seq.append_token(tok)
-            reason = self._finish_reason(seq, int(tok))
+        """Write a step's sampled ids (one per sampling sequence, in batch order) over its placeholders,
+        register newly computed full blocks and finish sequences; returns the newly finished."""
+        sampling = batch.sampling_seqs
+        if len(token_ids) != len(sampling):
+            raise ValueError(f"expected {len(sampling)} token ids, got {len(token_ids)}")
+        finished = []
+        for seq, idx, tok in zip(sampling, batch.token_index, token_ids):
+            if seq.is_finished:
+                continue  # aborted, or stopped by an earlier step
+            seq.token_ids[idx] = int(tok)
+            seq.num_pending_tokens -= 1
+            reason = self._finish_reason(seq, idx)
             if reason is not None:
-                seq.status, seq.finish_reason = SequenceStatus.FINISHED, reason
-                self.running.remove(seq)
-                self.block_manager.deallocate(seq)
+                del seq.token_ids[idx + 1:]  # a later step's placeholder: its token is dropped
+                seq.num_pending_tokens = 0
+                self._finish(seq, reason)
                 finished.append(seq)
+        if finished:
+            done = set(map(id, finished))
+            self.running = [s for s in self.running if id(s) not in done]
+            self.waiting = [s for s in self.waiting if id(s) not in done]
+        for seq in batch.seqs:
+            if seq.status is SequenceStatus.RUNNING:
+                self.block_manager.register_computed(seq)
         return finished
 
-    def _finish_reason(self, seq: Sequence, tok: int) -> str | None:
-        p = seq.sampling_params
+    def _finish_reason(self, seq: Sequence, idx: int) -> str | None:
+        p, tok = seq.sampling_params, seq.token_ids[idx]
         if (not p.ignore_eos and tok in self.eos_token_ids) or tok in p.stop_token_ids:
             return "stop"
-        if seq.num_completion_tokens >= p.max_tokens or seq.num_tokens >= self.config.max_model_len:
+        if idx + 1 - seq.num_prompt_tokens >= p.max_tokens or idx + 1 >= self.config.max_model_len:
             return "length"
         return None

@@ -11,6 +11,10 @@ Token accounting (the contract between the scheduler, the block manager and the 
 - If ``c + n_new == num_tokens`` the step reaches the last token, so the runner samples from that row's
   logits and the scheduler appends the sampled token (now ``num_computed == num_tokens - 1``: a decode step
   then computes exactly that one token). Otherwise the prefill is unfinished: no sampling for this sequence.
+- Steps are pipelined (see scheduler.py): when a step is scheduled, every sequence that samples in it gets a
+  PLACEHOLDER token appended at once (``num_pending_tokens`` counts them), so the next step can be scheduled
+  before this one's result is back; the model runner takes a placeholder input from the previous step's
+  sampled ids on the device (``pending_src`` is its row there). ``Scheduler.postprocess`` writes the real id.
 - Sampling randomness is keyed on (``seed``, ``sample_offset``), where ``sample_offset`` is the number of
   completion tokens so far, so recomputation after preemption and different batch layouts draw the same
   noise for the same token.
@@ -26,6 +30,7 @@ from dataclasses import dataclass
 from tritium.engine.sampling_params import SamplingParams
 
 _seq_ids = itertools.count()
+PLACEHOLDER = -1  # a sampled token whose id is still on the device
 
 
 class SequenceStatus(enum.Enum):
@@ -77,6 +82,8 @@ class Sequence:
         self.finish_reason: str | None = None  # "stop" | "length" | "abort" once finished
         self.arrival: int | None = None  # admission order, set by Scheduler.add (lower = older)
         self.num_preemptions = 0
+        self.num_pending_tokens = 0  # trailing PLACEHOLDER tokens (sampled by steps still in flight)
+        self.pending_src = -1  # row of the latest placeholder among its step's sampled ids
         # Prefix-cache bookkeeping, owned by BlockManager:
         self.block_hashes: list[int] = []  # chained content hash of full blocks 0.. (tokens never change)
         self.block_keys: list[int] = []  # registration key of each committed block 0.. (see block_manager)
@@ -103,7 +110,8 @@ class Sequence:
 
     @property
     def completion_token_ids(self) -> list[int]:
-        return self.token_ids[self.num_prompt_tokens:]
+        """Completion ids known so far (placeholders of steps in flight left out)."""
+        return self.token_ids[self.num_prompt_tokens: self.num_known_tokens]
 
     @property
     def num_completion_tokens(self) -> int:
@@ -113,6 +121,16 @@ class Sequence:
     def sample_offset(self) -> int:
         """RNG step of the next sampled token: the number of completion tokens so far."""
         return self.num_completion_tokens
+
+    @property
+    def num_known_tokens(self) -> int:
+        """Tokens whose ids the host holds (all but the trailing placeholders)."""
+        return len(self.token_ids) - self.num_pending_tokens
+
+    def drop_pending(self) -> None:
+        """Forget the trailing placeholders (the request ended before their steps came back)."""
+        del self.token_ids[self.num_known_tokens:]
+        self.num_pending_tokens = 0
 
     @property
     def num_uncomputed_tokens(self) -> int:

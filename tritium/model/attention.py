@@ -1,9 +1,9 @@
 """Paged attention for one layer, and the per-step metadata every layer reads.
 
 The metadata is built by the model runner for each step and passed down the forward explicitly. The layer
-stores the step's new K/V into its paged cache (slot_mapping), then attends: prefill steps through the
-varlen prefill kernel (cached prefix + earlier chunks + causal new tokens), decode steps through the
-split-KV decode kernel.
+stores the step's new K/V into its paged cache (slot_mapping), then attends: decode rows (one new token
+each, first in the step) through the split-KV decode kernel, prefill chunks through the varlen prefill
+kernel (cached prefix + earlier chunks + causal new tokens); a mixed step runs both into one output.
 """
 from __future__ import annotations
 
@@ -19,14 +19,16 @@ from tritium.kernels.prefill_attention import prefill_attention
 
 @dataclass
 class AttentionMetadata:
-    """One step's view of the batch. T = tokens computed this step, B = sequences."""
+    """One step's view of the batch. T = tokens computed this step, B = sequences. The first `num_decodes`
+    sequences have one new token each (rows 0 .. num_decodes-1) and go through the decode kernel; the rest
+    are prefill chunks (varlen, rows num_decodes .. T-1) through the prefill kernel."""
 
-    is_prefill: bool
     slot_mapping: torch.Tensor  # [T] int32/int64: cache slot of each new token (-1 = padding, skipped)
     seq_lens: torch.Tensor  # [B] int32: context length of each sequence after this step
     block_tables: torch.Tensor  # [B, max_blocks] int32: physical block ids of each sequence
-    cu_seqlens_q: torch.Tensor | None = None  # [B+1] int32, prefill only: offsets of each sequence's tokens
-    max_seqlen_q: int = 1  # prefill only: longest new-token run (sizes the grid)
+    num_decodes: int = 0
+    cu_seqlens_q: torch.Tensor | None = None  # [B - num_decodes + 1] int32: prefill token offsets (None: none)
+    max_seqlen_q: int = 1  # longest prefill chunk (sizes the prefill grid)
 
 
 class Attention(nn.Module):
@@ -42,10 +44,17 @@ class Attention(nn.Module):
         if self.k_cache.numel() == 0:
             raise RuntimeError("attention has no KV cache; the model runner allocates it before any forward")
         store_kv(k, v, self.k_cache, self.v_cache, meta.slot_mapping)
-        if meta.is_prefill:
-            return prefill_attention(q, self.k_cache, self.v_cache, meta.cu_seqlens_q, meta.seq_lens,
-                                     meta.block_tables, meta.max_seqlen_q, self.scale)
-        return decode_attention(q, self.k_cache, self.v_cache, meta.seq_lens, meta.block_tables, self.scale)
+        kc, vc, d = self.k_cache, self.v_cache, meta.num_decodes
+        if meta.cu_seqlens_q is None:
+            return decode_attention(q, kc, vc, meta.seq_lens, meta.block_tables, self.scale)
+        if d == 0:
+            return prefill_attention(q, kc, vc, meta.cu_seqlens_q, meta.seq_lens, meta.block_tables,
+                                     meta.max_seqlen_q, self.scale)
+        out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+        decode_attention(q[:d], kc, vc, meta.seq_lens[:d], meta.block_tables[:d], self.scale, out=out[:d])
+        prefill_attention(q[d:], kc, vc, meta.cu_seqlens_q, meta.seq_lens[d:], meta.block_tables[d:],
+                          meta.max_seqlen_q, self.scale, out=out[d:])
+        return out
 
 
 def kv_cache_bytes_per_block(model: nn.Module, block_size: int, dtype: torch.dtype) -> int:

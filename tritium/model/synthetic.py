@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from tritium.model.build_tokenizer import SPECIAL_TOKENS, TOKENIZER_DIR
+from tritium.platform import cache_root
 
 PRESETS = {
     "tiny": dict(num_hidden_layers=2, hidden_size=128, num_attention_heads=4, num_key_value_heads=2,
@@ -152,10 +153,6 @@ def _write_metadata(cfg: dict, out: Path) -> None:
                "bos_token": None, "unk_token": None, "add_bos_token": False, "clean_up_tokenization_spaces": False,
                "model_max_length": cfg["max_position_embeddings"], "chat_template": CHAT_TEMPLATE}
     (out / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2))
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("TRITIUM_CACHE", Path.home() / ".cache" / "tritium"))
 
 
 def ensure_checkpoint(preset: str, seed: int = 0) -> Path:

@@ -1,0 +1,59 @@
+"""Start-up warm-up: every kernel shape a configuration allows runs once, so a later `generate` compiles and
+tunes nothing.
+
+Kernels are keyed on power-of-two buckets (tokens of a step, sampling rows, the longest prefill chunk) and
+compiled per bucket-independent specialization, so one step per bucket reaches them all: a prefill step per
+token bucket up to max_num_batched_tokens (prompts no longer than max_model_len - 1) and a decode step per
+batch bucket up to max_running with plain, top-p and top-k sampling (the decode graphs' own buckets were
+tuned when they were captured). The warm-up requests carry their own seed, so the engine's seed generator
+is untouched; the engine starts a fresh scheduler afterwards (empty prefix cache, zeroed counters).
+"""
+from __future__ import annotations
+
+import random
+
+from tritium.engine.sampling_params import SamplingParams
+
+
+def bucket_sizes(limit: int) -> list[int]:
+    """One size per power-of-two bucket up to limit's own: 1, 2, 4, ... below limit, then limit itself."""
+    return [1 << i for i in range(limit.bit_length()) if 1 << i < limit] + [limit]
+
+
+def prefill_steps(max_batched_tokens: int, max_model_len: int) -> list[list[int]]:
+    """Prompt lengths of one prefill step per token bucket (their sums: bucket_sizes), no prompt longer than
+    max_model_len - 1 (one token is generated)."""
+    longest = max_model_len - 1
+    steps = []
+    for total in bucket_sizes(max_batched_tokens):
+        lens = [longest] * (total // longest)
+        if total % longest:
+            lens.append(total % longest)
+        steps.append(lens)
+    return steps
+
+
+def warm_up(llm, log=None) -> None:
+    """Run the sweeps above through `llm.generate` (random ids: no prefix-cache hits between prompts)."""
+    cfg = llm.config
+    rng = random.Random(0)
+    vocab = min(llm.hf_config.vocab_size, 10000)
+    prompt_len = max(1, min(8, cfg.max_model_len - 2))
+
+    def run(lens, **params):
+        prompts = [[rng.randrange(vocab) for _ in range(n)] for n in lens]
+        llm.generate(prompts, SamplingParams(temperature=0.6, seed=0, **params), use_tqdm=False)
+
+    for lens in prefill_steps(cfg.max_num_batched_tokens, cfg.max_model_len):
+        run(lens, max_tokens=1)
+    if log:
+        log("prefill buckets done")
+    max_running = min(cfg.max_num_seqs, cfg.max_num_batched_tokens)
+    batches = bucket_sizes(max_running)
+    for batch in batches:
+        for params in (dict(), dict(top_p=0.9)):
+            run([prompt_len] * batch, max_tokens=2, **params)
+    # top-k passes the filter an int32 k where top-p alone passes a placeholder: another key
+    run([prompt_len] * batches[-1], max_tokens=2, top_k=50)
+    if log:
+        log("decode sampling buckets done")
