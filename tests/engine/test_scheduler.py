@@ -6,6 +6,8 @@ context back through the block table; the next token is a hash of that context. 
 positions, slots, block tables, computed counts, prefix caching or preemption changes the output, and
 every request must produce exactly the tokens of running it alone.
 """
+from dataclasses import dataclass
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -17,6 +19,31 @@ from tritium.engine.sequence import PLACEHOLDER, Sequence, SequenceStatus
 
 BS = 16
 VOCAB = 50
+
+
+@dataclass(frozen=True)
+class SeqStep:
+    """One sequence's share of a step, built slot by slot: the oracle for the flat ``batch.inputs()``."""
+
+    token_ids: list[int]
+    positions: list[int]
+    slots: list[int]
+    context_len: int
+    block_table: list[int]
+    samples: bool
+    seed: int | None
+    sample_offset: int
+
+
+def per_sequence_steps(batch) -> list[SeqStep]:
+    out = []
+    for seq, c, n, smp in zip(batch.seqs, batch.starts, batch.num_new_tokens, batch.samples):
+        assert n >= 1 and c + n <= len(seq.token_ids)
+        assert c + n <= len(seq.block_table) * seq.block_size, "block table does not cover the step"
+        positions = list(range(c, c + n))
+        out.append(SeqStep(seq.token_ids[c:c + n], positions, [seq.slot(p) for p in positions], c + n,
+                           list(seq.block_table), smp, seq.seed, c + n - seq.num_prompt_tokens))
+    return out
 
 
 def next_token(context) -> int:
@@ -51,7 +78,7 @@ class FakeRunner:
         assert batch.num_new_tokens[:d] == [1] * d and all(samples[:d])  # decodes first
         assert all(samples[d:-1])  # at most one unfinished prefill, and it comes last
         inputs = batch.inputs()
-        per_seq = batch.step_inputs()  # the fast flat path agrees with the per-sequence one
+        per_seq = per_sequence_steps(batch)  # the fast flat path agrees with the per-sequence one
         assert inputs.input_ids == [t for si in per_seq for t in si.token_ids]
         assert inputs.positions == [t for si in per_seq for t in si.positions]
         assert inputs.slot_mapping == [t for si in per_seq for t in si.slots]

@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from tritium.autotune import config_id
 from tritium.kernels.activation import CONFIGS, HEURISTICS, INTERPRET_CONFIG, silu_and_mul, silu_and_mul_ref
-from tritium.testing import assert_close, randn
+from tensor_checks import assert_close, randn
 
 CPU_DTYPES = [torch.float32, torch.float16]
 

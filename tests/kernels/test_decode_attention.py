@@ -11,7 +11,7 @@ from tritium.autotune import config_id
 from tritium.kernels.attention_ref import random_paged_kv
 from tritium.kernels.decode_attention import CONFIGS, decode_attention, decode_attention_ref, decode_num_splits
 from tritium.kernels.prefill_attention import prefill_attention
-from tritium.testing import assert_close, randn
+from tensor_checks import assert_close, randn
 
 CPU_DTYPES = [torch.float32, torch.float16]
 

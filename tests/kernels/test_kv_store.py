@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from tritium.autotune import config_id
 from tritium.kernels.kv_store import CONFIGS, INTERPRET_CONFIG, store_kv, store_kv_ref
-from tritium.testing import randn
+from tensor_checks import randn
 
 CPU_DTYPES = [torch.float32, torch.float16]
 

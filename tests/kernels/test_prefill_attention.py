@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from tritium.autotune import config_id
 from tritium.kernels.attention_ref import random_paged_kv
 from tritium.kernels.prefill_attention import CONFIGS, prefill_attention, prefill_attention_ref
-from tritium.testing import assert_close, randn
+from tensor_checks import assert_close, randn
 
 CPU_DTYPES = [torch.float32, torch.float16]
 

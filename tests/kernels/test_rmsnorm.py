@@ -18,7 +18,7 @@ from tritium.kernels.rmsnorm import (
     rms_norm,
     rms_norm_ref,
 )
-from tritium.testing import assert_close, randn
+from tensor_checks import assert_close, randn
 
 CPU_DTYPES = [torch.float32, torch.float16]
 HIDDEN = [1000, 1536, 2560, 5120, 7, 64]

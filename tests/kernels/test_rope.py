@@ -15,7 +15,7 @@ from tritium.kernels.rope import (
     qk_norm_rope_ref,
     rope_cos_sin,
 )
-from tritium.testing import assert_close, randn
+from tensor_checks import assert_close, randn
 
 CPU_DTYPES = [torch.float32, torch.float16]
 MAX_POS = 40960  # Qwen3's max_position_embeddings

@@ -5,7 +5,7 @@ import torch
 from tritium.model.attention import AttentionMetadata, allocate_kv_cache
 from tritium.model.loader import load_model
 from tritium.platform import DEVICE
-from tritium.testing import rel_err
+from tensor_checks import rel_err
 
 BLOCK = 16
 

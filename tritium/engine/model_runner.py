@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from tritium.engine.config import EngineConfig
-from tritium.engine.scheduler import ScheduledBatch
+from tritium.engine.batch import ScheduledBatch
 from tritium.kernels.sampling import sample
 from tritium.model.attention import (AttentionMetadata, allocate_kv_cache, kv_cache_bytes_per_block,
                                      release_kv_cache)

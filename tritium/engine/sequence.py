@@ -18,14 +18,11 @@ Token accounting (the contract between the scheduler, the block manager and the 
 - Sampling randomness is keyed on (``seed``, ``sample_offset``), where ``sample_offset`` is the number of
   completion tokens so far, so recomputation after preemption and different batch layouts draw the same
   noise for the same token.
-
-``StepInputs`` (from ``step_inputs(n_new)``) bundles exactly what the runner needs for one sequence.
 """
 from __future__ import annotations
 
 import enum
 import itertools
-from dataclasses import dataclass
 
 from tritium.engine.sampling_params import SamplingParams
 
@@ -37,20 +34,6 @@ class SequenceStatus(enum.Enum):
     WAITING = enum.auto()  # queued; holds no KV blocks (new, or preempted by recompute)
     RUNNING = enum.auto()  # holds KV blocks; prefilling (maybe chunked) or decoding
     FINISHED = enum.auto()  # done (stop, length or abort); blocks freed
-
-
-@dataclass(frozen=True)
-class StepInputs:
-    """What the model runner computes for one sequence in one step."""
-
-    token_ids: list[int]  # [n_new] ids to run through the model
-    positions: list[int]  # [n_new] their positions (c .. c + n_new - 1)
-    slots: list[int]  # [n_new] KV-cache slot where each token's K/V is written
-    context_len: int  # c + n_new: tokens attention sees (cached + new)
-    block_table: list[int]  # KV blocks covering positions 0 .. context_len - 1 (and maybe more)
-    samples: bool  # True: sample a token from the last row (prefill complete / decode)
-    seed: int | None  # sampling seed of the request
-    sample_offset: int  # completion tokens so far: the RNG step of the token sampled now
 
 
 class Sequence:
@@ -165,23 +148,3 @@ class Sequence:
     def slot(self, pos: int) -> int:
         """KV-cache slot of the token at position ``pos``."""
         return self.block_table[pos // self.block_size] * self.block_size + pos % self.block_size
-
-    def step_inputs(self, n_new: int, start: int | None = None) -> StepInputs:
-        """Inputs of a step computing ``n_new`` tokens from ``start`` (default: num_computed_tokens)."""
-        c = self.num_computed_tokens if start is None else start
-        end = c + n_new
-        if n_new < 1 or end > len(self.token_ids):
-            raise ValueError(f"cannot compute {n_new} tokens from {c} in a sequence of {len(self)} tokens")
-        if end > len(self.block_table) * self.block_size:
-            raise ValueError(f"block table of {len(self.block_table)} blocks does not cover position {end - 1}")
-        positions = list(range(c, end))
-        return StepInputs(
-            token_ids=self.token_ids[c:end],
-            positions=positions,
-            slots=[self.slot(p) for p in positions],
-            context_len=end,
-            block_table=list(self.block_table),
-            samples=end == len(self.token_ids),
-            seed=self.seed,
-            sample_offset=self.num_completion_tokens,
-        )
