@@ -8,6 +8,7 @@ start-up time (which compiles and tunes every kernel shape), the tuning tables t
 how many kernel keys were tuned and kernel variants compiled inside the timed run (both should be 0).
 """
 import argparse
+import collections
 import json
 import sys
 import time
@@ -60,12 +61,16 @@ def main():
           f"{prompt_tokens}, output tokens {out_tokens}, {elapsed:.2f} s, {out_tokens / elapsed:.0f} tok/s")
     print(f"engine start-up {startup:.1f} s; tuning tables: {table or 'none'}; inside the timed run: "
           f"{tuned_in_run} kernel keys tuned, {built_in_run} kernel variants compiled")
+    at_startup = collections.Counter(v.split("(")[0] for v in compiles.built_since(0)[:built])
+    print(f"start-up built {built} kernel variants:", ", ".join(f"{k} {n}" for k, n in at_startup.most_common()))
+    for variant in compiles.built_since(built):
+        print("  compiled in the run:", variant)
     result = {"date": time.strftime("%Y-%m-%d"), "model": args.model or args.preset, "requests": len(prompts),
               "prompt_tokens": prompt_tokens, "output_tokens": out_tokens, "seconds": elapsed,
               "output_tok_per_s": out_tokens / elapsed, "enforce_eager": args.enforce_eager,
               "preemptions": llm.scheduler.num_preemptions,
               "startup_s": startup, "tuning_tables": table, "keys_tuned_in_run": tuned_in_run,
-              "kernels_compiled_in_run": built_in_run}
+              "kernels_compiled_in_run": built_in_run, "compiled_in_run": compiles.built_since(built)}
     if HAS_CUDA:
         import torch
 

@@ -1,4 +1,5 @@
-"""The engine on a GPU at Qwen3-0.6B shapes (bf16): CUDA graphs change nothing, the bench workload completes."""
+"""The engine on a GPU at Qwen3-0.6B shapes (bf16): CUDA graphs change nothing, the bench workload completes,
+nothing compiles or tunes after start-up."""
 import pytest
 import torch
 
@@ -90,6 +91,33 @@ def test_kv_cache_takes_most_of_the_allowed_memory(checkpoint):
         assert total - free_after <= total * util + 2**30  # and the engine stays inside its share
 
 
+def _built_and_tuned():
+    from tritium.autotune import compiles, tables
+
+    return compiles.count(), tables.held_keys()
+
+
+def _assert_nothing_built_since(before):
+    from tritium.autotune import compiles
+
+    built, tuned = _built_and_tuned()
+    assert (built - before[0], tuned - before[1]) == (0, 0), compiles.built_since(before[0])
+
+
+def test_generate_after_start_up_compiles_and_tunes_nothing(checkpoint):
+    """Odd batch and chunk sizes, mixed steps, every sampling filter, a prefix-cache hit: start-up met them all."""
+    prompts = _prompts(37, 5, 700, seed=2)
+    kinds = [dict(temperature=0), dict(temperature=0.8), dict(top_p=0.9), dict(top_k=20), dict(min_p=0.05),
+             dict(top_k=5, top_p=0.5)]
+    params = [SamplingParams(max_tokens=5 + 7 * i, ignore_eos=True, seed=i, **kinds[i % len(kinds)])
+              for i in range(len(prompts))]
+    with LLM(checkpoint, max_model_len=1024, max_num_seqs=64, max_num_batched_tokens=2048) as llm:
+        before = _built_and_tuned()
+        llm.generate(prompts, params, use_tqdm=False)
+        llm.generate([prompts[0] + [7] * 3, prompts[1][:100]], params[:2], use_tqdm=False)  # cache hits
+        _assert_nothing_built_since(before)
+
+
 def test_reference_bench_workload_runs_to_completion(checkpoint):
     from random import randint, seed
 
@@ -98,5 +126,7 @@ def test_reference_bench_workload_runs_to_completion(checkpoint):
     params = [SamplingParams(temperature=0.6, ignore_eos=True, max_tokens=randint(100, 1024)) for _ in range(256)]
     assert sum(map(len, prompts)) == 142827 and sum(p.max_tokens for p in params) == 133966
     with LLM(checkpoint, max_model_len=4096) as llm:
+        before = _built_and_tuned()
         outs = llm.generate(prompts, params, use_tqdm=False)
+        _assert_nothing_built_since(before)
     assert [len(o["token_ids"]) for o in outs] == [p.max_tokens for p in params]

@@ -1,6 +1,7 @@
 """Paged split-KV decode attention against the fp32 reference: shuffled block tables (unowned slots hold
 NaN), padded rows (seq_len 0), GQA, head dims, split counts; invariances; CUDA-graph replay on the GPU."""
 import math
+import sys
 
 import pytest
 import torch
@@ -114,6 +115,14 @@ def test_num_splits_from_static_sizes():
         s = decode_num_splits(b, hkv, ctx, "cpu")
         assert s >= 1 and s & (s - 1) == 0 and s <= max(1, ctx // 256)
     assert decode_num_splits(256, 8, 32768, "cpu") == 1
+
+
+def test_num_splits_are_one_per_batch_bucket(monkeypatch):
+    """The split count is a constexpr: the bucket warmed up at start-up must hold it for its every batch."""
+    monkeypatch.setattr(sys.modules[decode_num_splits.__module__], "_num_sms", lambda device: 132)  # an H100's SMs: splits vary inside a bucket
+    for bucket in (2, 4, 16, 128):
+        splits = {decode_num_splits(b, 8, 4096, "cpu") for b in range(bucket // 2 + 1, bucket + 1)}
+        assert splits == {decode_num_splits(bucket, 8, 4096, "cpu")}
 
 
 def test_bad_inputs_raise():

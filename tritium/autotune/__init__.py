@@ -26,6 +26,12 @@
   config in CONFIGS, not only the winner.
 - `heuristics` (triton.heuristics values: name -> fn(args)) derive constexprs from the arguments and the
   chosen config (e.g. EVEN_ROWS = n_rows % ROWS == 0), on tuned and explicit-config launches alike.
+
+SPECIALIZATION: Triton compiles a variant per value class of each int argument (== 1, % 16 == 0, other)
+and per 16-byte alignment of each pointer. Start-up warms up one step per size bucket, so a variant must be
+fixed by the bucket alone: kernels mark their per-step sizes `do_not_specialize` (tokens, rows) and the index
+vectors they take as slices of packed per-step tensors `do_not_specialize_on_alignment` (positions, seq
+lens, seeds, ...). Data tensors (activations, logits, KV) keep both: they are aligned and their sizes fixed.
 """
 from __future__ import annotations
 

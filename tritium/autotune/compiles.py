@@ -1,11 +1,11 @@
 """Counts the Triton kernel variants this process builds (compiled, or loaded from Triton's disk cache: either
 way the work happens at the first launch of a new specialization). `count()` before and after a call tells
-whether it met a shape that start-up did not."""
+whether it met a shape that start-up did not; `built_since(n)` names the variants built after the n-th."""
 from __future__ import annotations
 
 import triton
 
-_count = 0
+_built: list[str] = []  # "kernel(arg: type, ...)" of each variant, in build order
 _installed = False
 
 
@@ -19,12 +19,15 @@ def install() -> None:
     previous = knobs.jit_post_compile_hook
 
     def counted(*args, **kwargs):
-        global _count
-        _count += 1
+        _built.append(f"{kwargs['fn'].name}({', '.join(map(str, kwargs['key'][1]))})")
         return previous(*args, **kwargs) if previous else None
 
     knobs.jit_post_compile_hook = counted
 
 
 def count() -> int:
-    return _count
+    return len(_built)
+
+
+def built_since(n: int) -> list[str]:
+    return _built[n:]

@@ -201,13 +201,12 @@ class ModelRunner:
 
     def _sample(self, logits, temperatures, seeds, offsets, params) -> torch.Tensor:
         kw = {}
-        if params is not None:
-            if any(p.top_k > 0 for p in params):
-                kw["top_k"] = self._tensor([max(p.top_k, 0) for p in params])
-            if any(p.top_p < 1.0 for p in params):
-                kw["top_p"] = self._tensor([p.top_p for p in params], torch.float32)
-            if any(p.min_p > 0.0 for p in params):
-                kw["min_p"] = self._tensor([p.min_p for p in params], torch.float32)
+        if params is not None and any(p.top_k > 0 or p.top_p < 1.0 or p.min_p > 0.0 for p in params):
+            # All three filters or none (rows without one pass its no-op value): the kernels compile one
+            # variant per filter combination, and start-up warms up two paths, not eight.
+            kw = dict(top_k=self._tensor([max(p.top_k, 0) for p in params]),
+                      top_p=self._tensor([p.top_p for p in params], torch.float32),
+                      min_p=self._tensor([p.min_p for p in params], torch.float32))
         seeds_offsets = self._tensor([seeds, offsets], torch.int64)
         return sample(logits, self._tensor(temperatures, torch.float32), seeds_offsets[0], seeds_offsets[1], **kw)
 

@@ -2,11 +2,12 @@
 tunes nothing.
 
 Kernels are keyed on power-of-two buckets (tokens of a step, sampling rows, the longest prefill chunk) and
-compiled per bucket-independent specialization, so one step per bucket reaches them all: a prefill step per
-token bucket up to max_num_batched_tokens (prompts no longer than max_model_len - 1) and a decode step per
-batch bucket up to max_running with plain, top-p and top-k sampling (the decode graphs' own buckets were
-tuned when they were captured). The warm-up requests carry their own seed, so the engine's seed generator
-is untouched; the engine starts a fresh scheduler afterwards (empty prefix cache, zeroed counters).
+compiled per bucket-independent specialization (autotune.SPECIALIZATION), so one step per bucket reaches
+them all: a prefill step per token bucket up to max_num_batched_tokens (prompts no longer than
+max_model_len - 1) and a decode step per batch bucket up to max_running with plain and with filtered
+(top-k/top-p/min-p) sampling (the decode graphs' own buckets were tuned when they were captured).
+The warm-up requests carry their own seed, so the engine's seed generator is untouched; the engine starts
+a fresh scheduler afterwards (empty prefix cache, zeroed counters).
 """
 from __future__ import annotations
 
@@ -51,9 +52,7 @@ def warm_up(llm, log=None) -> None:
     max_running = min(cfg.max_num_seqs, cfg.max_num_batched_tokens)
     batches = bucket_sizes(max_running)
     for batch in batches:
-        for params in (dict(), dict(top_p=0.9)):
+        for params in (dict(), dict(top_p=0.9)):  # any filter runs all three (ModelRunner._sample)
             run([prompt_len] * batch, max_tokens=2, **params)
-    # top-k passes the filter an int32 k where top-p alone passes a placeholder: another key
-    run([prompt_len] * batches[-1], max_tokens=2, top_k=50)
     if log:
         log("decode sampling buckets done")

@@ -39,7 +39,7 @@ KEY = ["F", "rows_bucket"]
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_out"])  # variants must not depend on step sizes (autotune.SPECIALIZATION)
 def _silu_and_mul_kernel(
     x_ptr,  # [T, 2F] gate | up; last dim contiguous
     y_ptr,  # [T, F] output; last dim contiguous

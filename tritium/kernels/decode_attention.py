@@ -53,7 +53,8 @@ MIN_SPLIT_TOKENS = 256  # a split shorter than this costs more in merging than i
 MAX_SPLITS = 64
 
 
-@triton.jit
+# variants must not depend on step sizes (autotune.SPECIALIZATION)
+@triton.jit(do_not_specialize_on_alignment=["seq_lens_ptr", "bt_ptr"])
 def _decode_split_kernel(
     q_ptr,  # [B, Hq, HEAD_DIM], rows strided
     k_ptr,  # [num_blocks, KV_BLOCK_SIZE, Hkv, HEAD_DIM]
@@ -180,9 +181,10 @@ def _num_sms(device: torch.device) -> int:
 
 def decode_num_splits(batch: int, num_kv_heads: int, max_context: int, device) -> int:
     """Splits per (sequence, kv head), from static sizes only: enough programs to fill the SMs about 4
-    times over, no split shorter than MIN_SPLIT_TOKENS of the largest possible context; a power of two
-    (few autotune keys / compiled variants)."""
-    want = triton.cdiv(4 * _num_sms(torch.device(device)), max(1, batch * num_kv_heads))
+    times over, no split shorter than MIN_SPLIT_TOKENS of the largest possible context; a power of two, and
+    the same for every batch of one power-of-two bucket (the split count is a compile-time constant: a
+    bucket warmed up at start-up must cover any batch in it)."""
+    want = triton.cdiv(4 * _num_sms(torch.device(device)), next_pow2(batch) * num_kv_heads)
     cap = max(1, max_context // MIN_SPLIT_TOKENS)
     n = max(1, min(want, cap, MAX_SPLITS))
     return 1 << (n.bit_length() - 1)  # round down to a power of two

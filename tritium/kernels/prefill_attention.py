@@ -81,7 +81,8 @@ def _attn_tile(acc, m_i, l_i, q, q_pos, start, seq_len, k_ptr, v_ptr, bt_row_ptr
     return acc, m_new, l_i
 
 
-@triton.jit
+# variants must not depend on step sizes (autotune.SPECIALIZATION)
+@triton.jit(do_not_specialize_on_alignment=["cu_ptr", "seq_lens_ptr", "bt_ptr"])
 def _prefill_attention_kernel(
     q_ptr,  # [total_q, Hq, HEAD_DIM], rows strided
     k_ptr,  # [num_blocks, KV_BLOCK_SIZE, Hkv, HEAD_DIM]

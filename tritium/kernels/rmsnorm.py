@@ -72,7 +72,7 @@ MAX_COLS = 65536
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_rows"])  # variants must not depend on step sizes (autotune.SPECIALIZATION)
 def _rms_norm_kernel(
     x_ptr,  # [T, NH, N] input (NH = 1 for a [T, N] matrix); last dim contiguous
     r_ptr,  # [T, N] residual, read only when HAS_RESIDUAL

@@ -85,7 +85,8 @@ def _norm_rope_store(
     tl.store(p + HALF, (x2 * cos + x1 * sin).to(dt), mask=mask)
 
 
-@triton.jit
+# variants must not depend on step sizes (autotune.SPECIALIZATION)
+@triton.jit(do_not_specialize=["n_tokens"], do_not_specialize_on_alignment=["pos_ptr"])
 def _rope_kernel(
     q_ptr,  # [T, Hq, D]
     k_ptr,  # [T, Hkv, D]

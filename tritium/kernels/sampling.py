@@ -41,7 +41,8 @@ CHUNK_QUANTUM = 4096  # chunks are multiples of every BLOCK in CONFIGS
 TARGET_PROGRAMS = 1024  # enough programs to fill an H100/H200 several times over
 
 
-@triton.jit
+# variants must not depend on step sizes (autotune.SPECIALIZATION)
+@triton.jit(do_not_specialize_on_alignment=["temp_ptr", "seed_ptr", "step_ptr"])
 def _sample_partial_kernel(
     logits_ptr,  # [B, V] fp32/bf16/fp16, last dim contiguous
     stride_row,  # elements between rows of logits

@@ -68,7 +68,10 @@ def init_bracket(bf_ptr, bi_ptr, row, B, done, lo):
     tl.store(bf_ptr + row * 4 + 2, 0.0)
 
 
-@triton.jit(do_not_specialize=["S0", "S1"])  # (S0 = 1 as a constexpr would break the loop-carried stage r)
+# S0 = 1 as a constexpr would break the loop-carried stage r; and variants must not depend on step sizes
+# (autotune.SPECIALIZATION)
+@triton.jit(do_not_specialize=["S0", "S1", "B"],
+            do_not_specialize_on_alignment=["temp_ptr", "seed_ptr", "step_ptr", "topk_ptr", "topp_ptr", "minp_ptr"])
 def _bracket_kernel(
     logits_ptr,  # [B, V] fp32/bf16/fp16
     stride_row,

@@ -96,7 +96,8 @@ def _lane_block(x, off, tile, end, inv_t, sampled, seed, step, best_s, best_o, m
     return best_s, best_o, m1, o1, m2, s1, mn
 
 
-@triton.jit
+# variants must not depend on step sizes (autotune.SPECIALIZATION)
+@triton.jit(do_not_specialize_on_alignment=["temp_ptr", "seed_ptr", "step_ptr", "topk_ptr", "topp_ptr", "minp_ptr"])
 def _filter_partial_kernel(
     logits_ptr,  # [B, V] fp32/bf16/fp16, last dim contiguous
     stride_row,  # elements between rows

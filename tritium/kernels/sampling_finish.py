@@ -13,7 +13,8 @@ from tritium.kernels.sampling_bracket import init_bracket
 from tritium.kernels.sampling_threshold import predicate_bounds, row_params, settle_window
 
 
-@triton.jit
+# variants must not depend on step sizes (autotune.SPECIALIZATION)
+@triton.jit(do_not_specialize_on_alignment=["temp_ptr", "seed_ptr", "step_ptr", "topk_ptr", "topp_ptr", "minp_ptr"])
 def _filter_finish_kernel(
     logits_ptr,  # [B, V] (the winner's logit, for logprobs of unfiltered rows)
     stride_row,
