@@ -151,9 +151,13 @@ def test_bucket_sizes_meet_every_bucket_up_to_the_limit(limit):
 
 
 @pytest.mark.parametrize("max_tokens,max_len", [(16384, 4096), (1000, 4096), (64, 16), (5, 2)])
-def test_prefill_steps_cover_every_token_bucket(max_tokens, max_len):
+def test_prefill_steps_cover_every_token_bucket_at_both_parities(max_tokens, max_len):
     steps = prefill_steps(max_tokens, max_len)
-    assert [sum(s) for s in steps] == bucket_sizes(max_tokens)
+    totals = [sum(s) for s in steps]
+    assert sorted({next_pow2(n) for n in totals}) == sorted({next_pow2(n) for n in bucket_sizes(max_tokens)})
+    for bucket in {next_pow2(n) for n in totals}:  # an odd and an even count wherever the bucket holds both
+        parities = {n % 2 for n in range(bucket // 2 + 1, min(bucket, max_tokens) + 1)}
+        assert {n % 2 for n in totals if next_pow2(n) == bucket} == parities
     assert all(sum(s) <= max_tokens for s in steps)
     assert all(1 <= n <= max_len - 1 for s in steps for n in s)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import triton
 
-_built: list[str] = []  # "kernel(arg: type, ...)" of each variant, in build order
+_built: list[str] = []  # "kernel(arg=specialization, ...)" of each variant, in build order
 _installed = False
 
 
@@ -19,7 +19,9 @@ def install() -> None:
     previous = knobs.jit_post_compile_hook
 
     def counted(*args, **kwargs):
-        _built.append(f"{kwargs['fn'].name}({', '.join(map(str, kwargs['key'][1]))})")
+        fn = kwargs["fn"]  # key = (per-argument (type, alignment or constexpr value), options)
+        specs = zip(fn.jit_function.params, kwargs["key"][0])
+        _built.append(f"{fn.name}({', '.join(f'{p.name}={spec}' for p, spec in specs)})")
         return previous(*args, **kwargs) if previous else None
 
     knobs.jit_post_compile_hook = counted

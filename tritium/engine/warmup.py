@@ -2,10 +2,13 @@
 tunes nothing.
 
 Kernels are keyed on power-of-two buckets (tokens of a step, sampling rows, the longest prefill chunk) and
-compiled per bucket-independent specialization (autotune.SPECIALIZATION), so one step per bucket reaches
-them all: a prefill step per token bucket up to max_num_batched_tokens (prompts no longer than
+compiled per bucket-independent specialization (autotune.SPECIALIZATION), so a few steps per bucket reach
+them all: two prefill steps per token bucket up to max_num_batched_tokens (prompts no longer than
 max_model_len - 1) and a decode step per batch bucket up to max_running with plain and with filtered
 (top-k/top-p/min-p) sampling (the decode graphs' own buckets were tuned when they were captured).
+The two prefill steps of a bucket differ in parity (its size and one less): the row kernels' mask-free
+variants (EVEN heuristics: tokens x width % the tuned tile == 0) hold for a power of two and fail for an
+odd count, so a step of any size in the bucket meets a variant already built.
 The warm-up requests carry their own seed, so the engine's seed generator is untouched; the engine starts
 a fresh scheduler afterwards (empty prefix cache, zeroed counters).
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import random
 
+from tritium.autotune import next_pow2
 from tritium.engine.sampling_params import SamplingParams
 
 
@@ -21,12 +25,22 @@ def bucket_sizes(limit: int) -> list[int]:
     return [1 << i for i in range(limit.bit_length()) if 1 << i < limit] + [limit]
 
 
+def prefill_totals(max_batched_tokens: int) -> list[int]:
+    """Token counts of the prefill steps: each bucket size, and one less where that stays in the bucket."""
+    totals = []
+    for size in bucket_sizes(max_batched_tokens):
+        totals.append(size)
+        if size > 1 and next_pow2(size - 1) == next_pow2(size):
+            totals.append(size - 1)
+    return totals
+
+
 def prefill_steps(max_batched_tokens: int, max_model_len: int) -> list[list[int]]:
-    """Prompt lengths of one prefill step per token bucket (their sums: bucket_sizes), no prompt longer than
+    """Prompt lengths of the prefill steps (their sums: prefill_totals), no prompt longer than
     max_model_len - 1 (one token is generated)."""
     longest = max_model_len - 1
     steps = []
-    for total in bucket_sizes(max_batched_tokens):
+    for total in prefill_totals(max_batched_tokens):
         lens = [longest] * (total // longest)
         if total % longest:
             lens.append(total % longest)
