@@ -52,6 +52,19 @@ def test_greedy_matches_transformers(tiny_checkpoint, prompts, reference, option
             assert llm.scheduler.num_preemptions > 0
 
 
+@pytest.mark.parametrize("preset", ["qwen2-tiny", "llama-tiny"])
+def test_other_architectures_match_transformers_in_a_batch(preset, prompts):
+    from transformers import AutoModelForCausalLM
+
+    from tritium.model.synthetic import ensure_checkpoint
+
+    path = ensure_checkpoint(preset)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    with LLM(path, kvcache_block_size=16) as llm:
+        outs = llm.generate(prompts, GREEDY, use_tqdm=False)
+    assert [o["token_ids"] for o in outs] == [_greedy_ref(model, p, NEW) for p in prompts]
+
+
 def test_one_at_a_time_and_cache_hits_on_repeat(tiny_checkpoint, prompts, reference):
     with LLM(tiny_checkpoint, kvcache_block_size=16) as llm:
         for p, want in zip(prompts[-3:], reference[-3:]):

@@ -15,16 +15,19 @@ def _digest(path):
     return h.hexdigest()
 
 
-def test_tiny_loads_in_transformers_and_is_tied(tiny_checkpoint):
+@pytest.mark.parametrize("preset,arch", [("tiny", "Qwen3ForCausalLM"), ("qwen2-tiny", "Qwen2ForCausalLM"),
+                                         ("llama-tiny", "LlamaForCausalLM")])
+def test_tiny_presets_load_in_transformers_with_peaked_logits(preset, arch):
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_checkpoint)
-    cfg = json.loads((tiny_checkpoint / "config.json").read_text())
-    assert type(model).__name__ == "Qwen3ForCausalLM"
-    assert model.config.num_hidden_layers == cfg["num_hidden_layers"] == 2
-    assert model.config.head_dim == 64 and model.config.hidden_size <= 256
+    path = synthetic.ensure_checkpoint(preset)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    cfg = json.loads((path / "config.json").read_text())
+    assert type(model).__name__ == arch
+    assert model.config.num_hidden_layers == cfg["num_hidden_layers"] == 2 and model.config.hidden_size <= 256
     assert model.config.num_attention_heads > model.config.num_key_value_heads  # GQA
-    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+    tied = model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+    assert tied == cfg["tie_word_embeddings"]
     ids = torch.randint(0, cfg["vocab_size"], (2, 24))
     with torch.no_grad():
         logits = model(ids).logits
@@ -79,6 +82,11 @@ def test_big_presets_have_the_real_shapes():
     assert small["tie_word_embeddings"] and not big["tie_word_embeddings"]
     assert (big["num_hidden_layers"], big["hidden_size"], big["num_attention_heads"]) == (36, 4096, 32)
     assert small["vocab_size"] == big["vocab_size"] == 151936
+    qwen2, llama = synthetic.make_config("qwen2.5-0.5b"), synthetic.make_config("llama-3.2-1b")
+    assert (qwen2["architectures"], qwen2["hidden_size"], qwen2["num_attention_heads"]) == (
+        ["Qwen2ForCausalLM"], 896, 14)
+    assert (llama["architectures"], llama["vocab_size"], llama["rope_scaling"]["rope_type"]) == (
+        ["LlamaForCausalLM"], 128256, "llama3")
     with pytest.raises(ValueError, match="unknown preset"):
         synthetic.make_config("qwen3-70b")
 

@@ -1,5 +1,5 @@
-"""Rotary position embedding (rotate-half / neox style, as transformers' Qwen3 and Llama), optionally fused
-with Qwen3's per-head q_norm / k_norm.
+"""Rotary position embedding (rotate-half / neox style, as transformers' Qwen3, Qwen2 and Llama), optionally
+fused with Qwen3's per-head q_norm / k_norm.
 
 Cache layout: rope_cos_sin(D, P, theta) -> cs [P, D] fp32 with cs[p, :D/2] = cos(p * f) and
 cs[p, D/2:] = sin(p * f), f_i = theta^(-2i/D), computed exactly as transformers' Qwen3RotaryEmbedding
@@ -142,11 +142,21 @@ _kernel = tuned(_rope_kernel, CONFIGS, key=KEY, interpret_config=INTERPRET_CONFI
                name="rope")
 
 
-def rope_cos_sin(head_dim: int, max_position: int, theta: float, device=None) -> torch.Tensor:
-    """[max_position, head_dim] fp32: cos(p * f) in the first half, sin(p * f) in the second."""
+def rope_inv_freq(head_dim: int, theta: float) -> torch.Tensor:
+    """fp32 [head_dim / 2]: theta^(-2i/head_dim), as transformers computes the default RoPE frequencies."""
+    return 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float) / head_dim))
+
+
+def rope_cos_sin(head_dim: int, max_position: int, theta: float, device=None, inv_freq=None) -> torch.Tensor:
+    """[max_position, head_dim] fp32: cos(p * f) in the first half, sin(p * f) in the second; f = inv_freq
+    [head_dim / 2] if given (a model's rescaled frequencies), else theta^(-2i/head_dim)."""
     if head_dim <= 0 or head_dim % 2 or max_position <= 0:
         raise ValueError(f"need an even head_dim > 0 and max_position > 0, got {head_dim}, {max_position}")
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float) / head_dim))
+    if inv_freq is None:
+        inv_freq = rope_inv_freq(head_dim, theta)
+    elif tuple(inv_freq.shape) != (head_dim // 2,):
+        raise ValueError(f"inv_freq must have shape [{head_dim // 2}], got {tuple(inv_freq.shape)}")
+    inv_freq = inv_freq.float()
     pos = torch.arange(max_position, dtype=torch.float, device=device)
     freqs = pos[:, None] * inv_freq.to(device)[None, :]
     return torch.cat([freqs.cos(), freqs.sin()], dim=-1).contiguous()

@@ -29,10 +29,17 @@ def default_weight_loader(param: nn.Parameter, loaded: torch.Tensor) -> None:
     param.data.copy_(loaded)
 
 
-class LinearBase(nn.Module):
-    """y = x @ W^T with W [out_local, in_local]; `tp_dim` is the dimension of W that is split (None: replicated)."""
+def _param(shape, loader) -> nn.Parameter:
+    p = nn.Parameter(torch.empty(shape), requires_grad=False)
+    p.weight_loader = loader
+    return p
 
-    def __init__(self, in_features: int, out_features: int, tp_dim: int | None):
+
+class LinearBase(nn.Module):
+    """y = x @ W^T (+ b) with W [out_local, in_local]; `tp_dim` is the dimension of W that is split (None:
+    replicated). The bias [out_local] is split with the output rows, or whole on every rank (row-parallel)."""
+
+    def __init__(self, in_features: int, out_features: int, tp_dim: int | None, bias: bool = False):
         super().__init__()
         self.tp_rank, self.tp_size = tp_rank_and_size()
         self.tp_dim = tp_dim
@@ -40,46 +47,49 @@ class LinearBase(nn.Module):
             out_features = _divide(out_features, self.tp_size, "output size")
         elif tp_dim == 1:
             in_features = _divide(in_features, self.tp_size, "input size")
-        self.weight = nn.Parameter(torch.empty(out_features, in_features), requires_grad=False)
-        self.weight.weight_loader = self.weight_loader
+        self.weight = _param((out_features, in_features), self.weight_loader)
+        self.bias = _param((out_features,), self.weight_loader if tp_dim == 0 else default_weight_loader) \
+            if bias else None
 
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor) -> None:
+        dim = self.tp_dim if param.dim() == 2 else 0  # a bias reaches here only when split with the rows
         if self.tp_dim is not None and self.tp_size > 1:
-            size = param.shape[self.tp_dim]
-            loaded = loaded.narrow(self.tp_dim, self.tp_rank * size, size)
+            size = param.shape[dim]
+            loaded = loaded.narrow(dim, self.tp_rank * size, size)
         default_weight_loader(param, loaded)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight)
+        return F.linear(x, self.weight, self.bias)
 
 
 class ColumnParallelLinear(LinearBase):
     """Output features split across ranks; each rank returns its slice of y."""
 
-    def __init__(self, in_features: int, out_features: int):
-        super().__init__(in_features, out_features, tp_dim=0)
+    def __init__(self, in_features: int, out_features: int, bias: bool = False):
+        super().__init__(in_features, out_features, tp_dim=0, bias=bias)
 
 
 class RowParallelLinear(LinearBase):
     """Input features split across ranks; partial products are summed over ranks."""
 
-    def __init__(self, in_features: int, out_features: int):
-        super().__init__(in_features, out_features, tp_dim=1)
+    def __init__(self, in_features: int, out_features: int, bias: bool = False):
+        super().__init__(in_features, out_features, tp_dim=1, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.tp_size == 1:
+            return F.linear(x, self.weight, self.bias)
         y = F.linear(x, self.weight)
-        if self.tp_size > 1:
-            dist.all_reduce(y)
-        return y
+        dist.all_reduce(y)
+        return y if self.bias is None else y + self.bias  # the bias once, after the sum over ranks
 
 
 class PackedColumnLinear(ColumnParallelLinear):
     """Several column-parallel projections in one matmul (q/k/v, gate/up). `parts` maps each checkpoint
     shard id to its full output size; each rank holds its slice of every part, parts laid out in order."""
 
-    def __init__(self, in_features: int, parts: dict):
+    def __init__(self, in_features: int, parts: dict, bias: bool = False):
         self.part_sizes = dict(parts)
-        super().__init__(in_features, sum(parts.values()))
+        super().__init__(in_features, sum(parts.values()), bias=bias)
         self.local_sizes = {k: _divide(v, self.tp_size, f"part {k!r}") for k, v in parts.items()}
 
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id=None) -> None:
@@ -100,9 +110,9 @@ class PackedColumnLinear(ColumnParallelLinear):
         default_weight_loader(param.data.narrow(0, offset, size), loaded)
 
 
-def qkv_linear(hidden: int, head_dim: int, num_heads: int, num_kv_heads: int) -> PackedColumnLinear:
+def qkv_linear(hidden: int, head_dim: int, num_heads: int, num_kv_heads: int, bias: bool = False):
     return PackedColumnLinear(hidden, {"q": num_heads * head_dim, "k": num_kv_heads * head_dim,
-                                       "v": num_kv_heads * head_dim})
+                                       "v": num_kv_heads * head_dim}, bias=bias)
 
 
 class VocabParallelEmbedding(nn.Module):

@@ -14,9 +14,7 @@ import torch
 from torch import nn
 
 from tritium.model.layers import default_weight_loader
-from tritium.model.qwen3 import Qwen3ForCausalLM
-
-ARCHITECTURES = {"Qwen3ForCausalLM": Qwen3ForCausalLM}
+from tritium.model.decoder import ARCHITECTURES, head_dim, model_inv_freq
 
 
 def load_hf_config(model_dir: str | os.PathLike):
@@ -33,6 +31,9 @@ def load_hf_config(model_dir: str | os.PathLike):
     if not supported:
         raise ValueError(f"unsupported architectures {archs} in {path / 'config.json'}; tritium supports "
                          f"{sorted(ARCHITECTURES)}")
+    model_cls = ARCHITECTURES[supported[0]]
+    model_cls.spec(cfg)  # unsupported variants (sliding window, other RoPE types) fail here, before any work
+    model_inv_freq(cfg, head_dim(cfg))
     return cfg
 
 

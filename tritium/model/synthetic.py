@@ -1,6 +1,7 @@
-"""Synthetic Hugging Face-format Qwen3 checkpoints: random weights at chosen shapes, a real tokenizer.
+"""Synthetic Hugging Face-format checkpoints (Qwen3, Qwen2, Llama): random weights at chosen shapes, a real
+tokenizer.
 
-`python -m tritium.model.synthetic --preset {tiny,qwen3-0.6b,qwen3-8b} [OUT_DIR]` writes config.json,
+`python -m tritium.model.synthetic --preset NAME [OUT_DIR]` (NAME: a key of PRESETS) writes config.json,
 model.safetensors (sharded with an index above SHARD_BYTES), generation_config.json and tokenizer files with a
 chat template. transformers loads the directory unchanged, which is how tritium's correctness is checked.
 
@@ -11,7 +12,8 @@ and next-token distributions are peaked:
   outweigh the token's own embedding (with tied embeddings a weaker stack makes the model echo its input), so
   every layer, and attention across positions, changes the next token;
 - the final norm (or the untied head) is scaled so logits have a standard deviation of about LOGIT_STD.
-Norm weights are 1 + N(0, 0.1^2) so a kernel that forgets to apply them is caught.
+Norm weights are 1 + N(0, 0.1^2) so a kernel that forgets to apply them is caught; Qwen2's q/k/v biases are
+N(0, BIAS_STD^2).
 """
 from __future__ import annotations
 
@@ -28,20 +30,47 @@ import torch
 from tritium.model.build_tokenizer import SPECIAL_TOKENS, TOKENIZER_DIR
 from tritium.platform import cache_root
 
+_TINY = dict(num_hidden_layers=2, vocab_size=1024, max_position_embeddings=4096, torch_dtype="float32")
 PRESETS = {
-    "tiny": dict(num_hidden_layers=2, hidden_size=128, num_attention_heads=4, num_key_value_heads=2,
-                 head_dim=64, intermediate_size=256, vocab_size=1024, tie_word_embeddings=True,
-                 max_position_embeddings=4096, torch_dtype="float32"),
-    "qwen3-0.6b": dict(num_hidden_layers=28, hidden_size=1024, num_attention_heads=16, num_key_value_heads=8,
-                       head_dim=128, intermediate_size=3072, vocab_size=151936, tie_word_embeddings=True,
-                       max_position_embeddings=40960, torch_dtype="bfloat16"),
-    "qwen3-8b": dict(num_hidden_layers=36, hidden_size=4096, num_attention_heads=32, num_key_value_heads=8,
-                     head_dim=128, intermediate_size=12288, vocab_size=151936, tie_word_embeddings=False,
-                     max_position_embeddings=40960, torch_dtype="bfloat16"),
+    "tiny": dict(family="qwen3", hidden_size=128, num_attention_heads=4, num_key_value_heads=2, head_dim=64,
+                 intermediate_size=256, tie_word_embeddings=True, **_TINY),
+    "qwen2-tiny": dict(family="qwen2", hidden_size=192, num_attention_heads=6, num_key_value_heads=2,
+                       intermediate_size=384, tie_word_embeddings=True, **_TINY),  # GQA group of 3, head_dim 32
+    "llama-tiny": dict(family="llama", hidden_size=128, num_attention_heads=4, num_key_value_heads=1,
+                       intermediate_size=256, tie_word_embeddings=False, rope_theta=10000.0,
+                       # Llama 3.1 scaling with a short original context, so its blended band falls inside
+                       # the positions a CPU test reaches
+                       rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                                         original_max_position_embeddings=256), **_TINY),
+    "qwen3-0.6b": dict(family="qwen3", num_hidden_layers=28, hidden_size=1024, num_attention_heads=16,
+                       num_key_value_heads=8, head_dim=128, intermediate_size=3072, vocab_size=151936,
+                       tie_word_embeddings=True, max_position_embeddings=40960, torch_dtype="bfloat16"),
+    "qwen3-8b": dict(family="qwen3", num_hidden_layers=36, hidden_size=4096, num_attention_heads=32,
+                     num_key_value_heads=8, head_dim=128, intermediate_size=12288, vocab_size=151936,
+                     tie_word_embeddings=False, max_position_embeddings=40960, torch_dtype="bfloat16"),
+    "qwen2.5-0.5b": dict(family="qwen2", num_hidden_layers=24, hidden_size=896, num_attention_heads=14,
+                         num_key_value_heads=2, intermediate_size=4864, vocab_size=151936, tie_word_embeddings=True,
+                         max_position_embeddings=32768, torch_dtype="bfloat16"),
+    "llama-3.2-1b": dict(family="llama", num_hidden_layers=16, hidden_size=2048, num_attention_heads=32,
+                         num_key_value_heads=8, head_dim=64, intermediate_size=8192, vocab_size=128256,
+                         tie_word_embeddings=True, max_position_embeddings=131072, torch_dtype="bfloat16",
+                         rope_theta=500000.0,
+                         rope_scaling=dict(rope_type="llama3", factor=32.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                                           original_max_position_embeddings=8192)),
+}
+# What each family's config.json holds beyond the preset's shapes.
+_FAMILIES = {
+    "qwen3": dict(architectures=["Qwen3ForCausalLM"], model_type="qwen3", attention_bias=False, rms_norm_eps=1e-6,
+                  rope_theta=1000000.0, rope_scaling=None, sliding_window=None, use_sliding_window=False),
+    "qwen2": dict(architectures=["Qwen2ForCausalLM"], model_type="qwen2", rms_norm_eps=1e-6, rope_theta=1000000.0,
+                  rope_scaling=None, sliding_window=None, use_sliding_window=False),
+    "llama": dict(architectures=["LlamaForCausalLM"], model_type="llama", attention_bias=False, mlp_bias=False,
+                  rms_norm_eps=1e-5, pretraining_tp=1),
 }
 FORMAT_VERSION = 1  # bump when the bytes a preset produces change, so caches are rebuilt
 SHARD_BYTES = 2 * 1024**3
 EMBED_STD = 0.05
+BIAS_STD = 0.5  # against unit-RMS projections: large enough that a dropped bias changes the tokens
 LOGIT_STD = 6.0
 CHAT_TEMPLATE = (
     "{%- for message in messages %}"
@@ -59,20 +88,20 @@ def _special_ids() -> dict[str, int]:
 def make_config(preset: str) -> dict:
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    shapes = dict(PRESETS[preset])
+    family = shapes.pop("family")
     ids = _special_ids()
-    return {
-        "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "attention_bias": False,
-        "attention_dropout": 0.0, "hidden_act": "silu", "initializer_range": 0.02, "rms_norm_eps": 1e-6,
-        "rope_theta": 1000000.0, "rope_scaling": None, "sliding_window": None, "use_sliding_window": False,
-        "max_window_layers": PRESETS[preset]["num_hidden_layers"], "use_cache": True,
-        "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"],
-        **PRESETS[preset],
-    }
+    cfg = {**_FAMILIES[family], "attention_dropout": 0.0, "hidden_act": "silu", "initializer_range": 0.02}
+    if family != "llama":
+        cfg["max_window_layers"] = shapes["num_hidden_layers"]
+    cfg.update(use_cache=True, bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], **shapes)
+    return cfg
 
 
 def _tensor_specs(cfg: dict):
     """(name, shape, kind) for every checkpoint tensor, in a fixed order."""
-    h, d, i = cfg["hidden_size"], cfg["head_dim"], cfg["intermediate_size"]
+    h, i = cfg["hidden_size"], cfg["intermediate_size"]
+    d = cfg.get("head_dim") or h // cfg["num_attention_heads"]
     hq, hkv = cfg["num_attention_heads"] * d, cfg["num_key_value_heads"] * d
     yield "model.embed_tokens.weight", (cfg["vocab_size"], h), "embed"
     for n in range(cfg["num_hidden_layers"]):
@@ -81,9 +110,14 @@ def _tensor_specs(cfg: dict):
         yield p + "self_attn.q_proj.weight", (hq, h), "in"
         yield p + "self_attn.k_proj.weight", (hkv, h), "in"
         yield p + "self_attn.v_proj.weight", (hkv, h), "in"
+        if cfg["model_type"] == "qwen2":
+            yield p + "self_attn.q_proj.bias", (hq,), "bias"
+            yield p + "self_attn.k_proj.bias", (hkv,), "bias"
+            yield p + "self_attn.v_proj.bias", (hkv,), "bias"
         yield p + "self_attn.o_proj.weight", (h, hq), "out"
-        yield p + "self_attn.q_norm.weight", (d,), "norm"
-        yield p + "self_attn.k_norm.weight", (d,), "norm"
+        if cfg["model_type"] == "qwen3":
+            yield p + "self_attn.q_norm.weight", (d,), "norm"
+            yield p + "self_attn.k_norm.weight", (d,), "norm"
         yield p + "post_attention_layernorm.weight", (h,), "norm"
         yield p + "mlp.gate_proj.weight", (i, h), "in"
         yield p + "mlp.up_proj.weight", (i, h), "in"
@@ -98,6 +132,8 @@ def _make_tensor(shape, kind: str, cfg: dict, gen: torch.Generator) -> torch.Ten
     h = cfg["hidden_size"]
     if kind == "embed":
         return x * EMBED_STD
+    if kind == "bias":
+        return x * BIAS_STD
     if kind == "in":
         return x / math.sqrt(shape[1])
     if kind == "out":

@@ -1,4 +1,6 @@
-"""Qwen3 on tritium kernels against transformers on the same synthetic checkpoint."""
+"""Qwen3, Qwen2 and Llama on tritium kernels against transformers on the same synthetic checkpoint."""
+import json
+
 import pytest
 import torch
 
@@ -39,12 +41,16 @@ def _tables(lens):
     return out, sum(need) + 3
 
 
-@pytest.fixture(scope="module")
-def models(tiny_checkpoint):
+@pytest.fixture(scope="module", params=["tiny", "qwen2-tiny", "llama-tiny"])
+def models(request):
     from transformers import AutoModelForCausalLM
 
-    ref = AutoModelForCausalLM.from_pretrained(tiny_checkpoint, dtype=torch.float32).eval()
-    ours = load_model(tiny_checkpoint, device=DEVICE, dtype=torch.float32)
+    from tritium.model.synthetic import ensure_checkpoint
+
+    path = ensure_checkpoint(request.param)
+    ref = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    ours = load_model(path, device=DEVICE, dtype=torch.float32)
+    assert type(ours).__name__ == type(ref).__name__  # the architecture config.json names
     return ours, ref
 
 
@@ -97,13 +103,53 @@ def test_chunked_prefill_over_a_cached_prefix_matches_one_shot(models):
     assert torch.equal(logits.argmax(-1), want.argmax(-1))
 
 
+@pytest.mark.parametrize("preset", ["llama-tiny", "llama-3.2-1b"])
+def test_llama3_rope_table_is_transformers(preset, tmp_path):
+    """Llama 3.1's rescaled frequencies (all three bands) give transformers' cos/sin at every position."""
+    from transformers import AutoConfig
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    from tritium.kernels.rope import rope_cos_sin, rope_inv_freq
+    from tritium.model.decoder import model_inv_freq
+    from tritium.model.synthetic import make_config
+
+    (tmp_path / "config.json").write_text(json.dumps(make_config(preset)))  # the config alone, no weights
+    cfg = AutoConfig.from_pretrained(tmp_path)
+    d, params = cfg.head_dim, cfg.rope_parameters
+    plain = rope_inv_freq(d, params["rope_theta"])
+    wavelen, original = 2 * torch.pi / plain, params["original_max_position_embeddings"]
+    # slowed, blended and kept bands all present, so each branch of the rescaling is checked
+    assert (wavelen > original).any() and (wavelen < original / 4).any()
+    assert ((wavelen <= original) & (wavelen >= original / 4)).any()
+    table = rope_cos_sin(d, cfg.max_position_embeddings, params["rope_theta"], inv_freq=model_inv_freq(cfg, d))
+    pos = torch.tensor([0, 1, 5, 100, 255, 1000, cfg.max_position_embeddings - 1])
+    cos, sin = LlamaRotaryEmbedding(cfg)(torch.zeros(1), pos[None])
+    assert torch.allclose(table[pos, : d // 2], cos[0, :, : d // 2], atol=1e-6)
+    assert torch.allclose(table[pos, d // 2:], sin[0, :, d // 2:], atol=1e-6)
+    assert not torch.allclose(table[pos], rope_cos_sin(d, cfg.max_position_embeddings, params["rope_theta"])[pos])
+
+
+def test_unsupported_variants_are_named(tmp_path):
+    from tritium.model.loader import load_hf_config
+    from tritium.model.synthetic import make_config
+
+    cases = [("llama-tiny", {"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "rope_type 'yarn'.*'llama3'"),
+             ("qwen2-tiny", {"use_sliding_window": True, "sliding_window": 64}, "sliding"),
+             ("tiny", {"architectures": ["GPT2LMHeadModel"]}, "unsupported architectures.*LlamaForCausalLM.*Qwen2")]
+    for preset, change, match in cases:
+        (tmp_path / "config.json").write_text(json.dumps({**make_config(preset), **change}))
+        with pytest.raises(ValueError, match=match):
+            load_hf_config(tmp_path)
+
+
 @pytest.mark.gpu
-def test_qwen3_06b_bf16_matches_transformers_fp32():
+@pytest.mark.parametrize("preset", ["qwen3-0.6b", "qwen2.5-0.5b", "llama-3.2-1b"])
+def test_bf16_at_real_shapes_matches_transformers_fp32(preset):
     from transformers import AutoModelForCausalLM
 
     from tritium.model.synthetic import ensure_checkpoint
 
-    path = ensure_checkpoint("qwen3-0.6b")
+    path = ensure_checkpoint(preset)
     ref = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).cuda().eval()
     ours = load_model(path, device="cuda", dtype=torch.bfloat16)
     lens = [300, 77, 1024, 5]

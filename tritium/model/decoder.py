@@ -1,0 +1,220 @@
+"""Dense decoder-only models on tritium kernels: Qwen3, Qwen2 / Qwen2.5 and Llama (2, 3, 3.1+).
+
+The three share one layer: input RMSNorm (fused with the residual add), packed QKV projection, RoPE (fused with
+Qwen3's per-head q_norm / k_norm, in place on views of the packed QKV), KV store + paged attention, o_proj,
+post-attention add+RMSNorm, gate/up projection, SiLU-and-mul, down projection. They differ only in the
+switches of `DecoderSpec` (which projections have a bias, whether q/k are normed) and in the RoPE frequencies
+(Llama 3.1's rescaled ones, see model_inv_freq). The residual stream is kept in the model dtype, as in
+transformers. `forward` returns hidden states for all new tokens; `compute_logits` runs the LM head only on
+the rows that sample.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from tritium.kernels.activation import silu_and_mul
+from tritium.kernels.rmsnorm import add_rms_norm, rms_norm
+from tritium.kernels.rope import apply_rope, qk_norm_rope, rope_cos_sin
+from tritium.kernels.rope import rope_inv_freq as default_inv_freq
+from tritium.model.attention import Attention, AttentionMetadata
+from tritium.model.layers import (PackedColumnLinear, ParallelLMHead, RowParallelLinear, VocabParallelEmbedding,
+                                  qkv_linear, tp_rank_and_size)
+
+
+@dataclass(frozen=True)
+class DecoderSpec:
+    qkv_bias: bool = False  # q/k/v projections add a bias (Qwen2)
+    o_bias: bool = False  # o_proj adds a bias
+    mlp_bias: bool = False  # gate/up/down add a bias
+    qk_norm: bool = False  # per-head RMSNorm of q and k before RoPE (Qwen3)
+
+
+class RMSNorm(nn.Module):
+    """Holds the weight; the math is the fused kernel's. Called with a residual it adds it first and returns
+    (normed, new residual)."""
+
+    def __init__(self, size: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(size), requires_grad=False)
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
+        if residual is None:
+            return rms_norm(x, self.weight, self.eps)
+        return add_rms_norm(x, residual, self.weight, self.eps, residual_out=residual)
+
+
+def head_dim(cfg) -> int:
+    return getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+
+
+class DecoderAttention(nn.Module):
+    def __init__(self, cfg, spec: DecoderSpec, rope: torch.Tensor):
+        super().__init__()
+        _, tp = tp_rank_and_size()
+        self.head_dim = d = head_dim(cfg)
+        self.num_heads = cfg.num_attention_heads // tp
+        self.num_kv_heads = max(1, cfg.num_key_value_heads // tp)
+        self.qkv_proj = qkv_linear(cfg.hidden_size, d, cfg.num_attention_heads, cfg.num_key_value_heads,
+                                   bias=spec.qkv_bias)
+        self.o_proj = RowParallelLinear(cfg.num_attention_heads * d, cfg.hidden_size, bias=spec.o_bias)
+        if spec.qk_norm:
+            self.q_norm = RMSNorm(d, cfg.rms_norm_eps)
+            self.k_norm = RMSNorm(d, cfg.rms_norm_eps)
+        self.qk_norm = spec.qk_norm
+        self.rope = rope  # [max_position, head_dim] fp32 cos/sin table, shared by all layers
+        self.attn = Attention(self.num_heads, self.num_kv_heads, d, d**-0.5)
+
+    def forward(self, positions: torch.Tensor, hidden: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        t, d = hidden.shape[0], self.head_dim
+        qkv = self.qkv_proj(hidden)  # [T, (Hq + 2 Hkv) * D]
+        q, k, v = qkv.split([self.num_heads * d, self.num_kv_heads * d, self.num_kv_heads * d], dim=-1)
+        q, k, v = q.view(t, self.num_heads, d), k.view(t, self.num_kv_heads, d), v.view(t, self.num_kv_heads, d)
+        if self.qk_norm:
+            qk_norm_rope(q, k, self.q_norm.weight, self.k_norm.weight, self.q_norm.eps, positions, self.rope)
+        else:
+            apply_rope(q, k, positions, self.rope)
+        o = self.attn(q, k, v, meta)  # [T, Hq, D]
+        return self.o_proj(o.view(t, self.num_heads * d))
+
+
+class DecoderMLP(nn.Module):
+    def __init__(self, cfg, spec: DecoderSpec):
+        super().__init__()
+        self.gate_up_proj = PackedColumnLinear(cfg.hidden_size, {0: cfg.intermediate_size, 1: cfg.intermediate_size},
+                                               bias=spec.mlp_bias)
+        self.down_proj = RowParallelLinear(cfg.intermediate_size, cfg.hidden_size, bias=spec.mlp_bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(silu_and_mul(self.gate_up_proj(x)))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg, spec: DecoderSpec, rope: torch.Tensor):
+        super().__init__()
+        self.self_attn = DecoderAttention(cfg, spec, rope)
+        self.mlp = DecoderMLP(cfg, spec)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def forward(self, positions, hidden, residual, meta):
+        if residual is None:
+            residual = hidden
+            hidden = self.input_layernorm(hidden)
+        else:
+            hidden, residual = self.input_layernorm(hidden, residual)
+        hidden = self.self_attn(positions, hidden, meta)
+        hidden, residual = self.post_attention_layernorm(hidden, residual)
+        return self.mlp(hidden), residual
+
+
+class DecoderModel(nn.Module):
+    def __init__(self, cfg, spec: DecoderSpec):
+        super().__init__()
+        # fp32 cos/sin table, a plain attribute (not a buffer) so casting the model to bf16 leaves it alone;
+        # built on the device the model is constructed under (the loader uses a torch.device context).
+        d = head_dim(cfg)
+        self.rope = rope_cos_sin(d, cfg.max_position_embeddings, rope_theta(cfg), device=torch.get_default_device(),
+                                 inv_freq=model_inv_freq(cfg, d))
+        self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(cfg, spec, self.rope) for _ in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def forward(self, input_ids, positions, meta):
+        hidden, residual = self.embed_tokens(input_ids), None
+        for layer in self.layers:
+            hidden, residual = layer(positions, hidden, residual, meta)
+        hidden, _ = self.norm(hidden, residual)
+        return hidden
+
+
+class DecoderForCausalLM(nn.Module):
+    # checkpoint name fragment -> (parameter name fragment, packed shard id)
+    packed_modules = {
+        "q_proj": ("qkv_proj", "q"), "k_proj": ("qkv_proj", "k"), "v_proj": ("qkv_proj", "v"),
+        "gate_proj": ("gate_up_proj", 0), "up_proj": ("gate_up_proj", 1),
+    }
+
+    @staticmethod
+    def spec(cfg) -> DecoderSpec:
+        raise NotImplementedError
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.config = cfg
+        self.model = DecoderModel(cfg, self.spec(cfg))
+        self.lm_head = ParallelLMHead(cfg.vocab_size, cfg.hidden_size)
+        if cfg.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        """input_ids, positions [T] -> hidden states [T, hidden]."""
+        return self.model(input_ids, positions, meta)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden [N, hidden] (only the rows that sample) -> logits [N, vocab] (None off rank 0 under TP)."""
+        return self.lm_head(hidden)
+
+
+class Qwen3ForCausalLM(DecoderForCausalLM):
+    @staticmethod
+    def spec(cfg) -> DecoderSpec:
+        bias = bool(getattr(cfg, "attention_bias", False))
+        return DecoderSpec(qkv_bias=bias, o_bias=bias, qk_norm=True)
+
+
+class Qwen2ForCausalLM(DecoderForCausalLM):
+    @staticmethod
+    def spec(cfg) -> DecoderSpec:
+        if getattr(cfg, "use_sliding_window", False):
+            raise ValueError("Qwen2 with use_sliding_window=true is not supported (sliding-window attention)")
+        return DecoderSpec(qkv_bias=True)
+
+
+class LlamaForCausalLM(DecoderForCausalLM):
+    @staticmethod
+    def spec(cfg) -> DecoderSpec:
+        bias = bool(getattr(cfg, "attention_bias", False))
+        return DecoderSpec(qkv_bias=bias, o_bias=bias, mlp_bias=bool(getattr(cfg, "mlp_bias", False)))
+
+
+ARCHITECTURES = {cls.__name__: cls for cls in (Qwen3ForCausalLM, Qwen2ForCausalLM, LlamaForCausalLM)}
+
+
+def _rope_params(cfg) -> dict:
+    """RoPE settings from `rope_parameters` (transformers >= 5) or the older `rope_theta` / `rope_scaling`."""
+    params = dict(getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {})
+    params.setdefault("rope_type", params.pop("type", "default"))
+    return params
+
+
+def rope_theta(cfg) -> float:
+    theta = _rope_params(cfg).get("rope_theta", getattr(cfg, "rope_theta", None))
+    if theta is None:
+        raise ValueError("config has no rope_theta (neither in rope_parameters nor at the top level)")
+    return float(theta)
+
+
+def model_inv_freq(cfg, dim: int) -> torch.Tensor:
+    """fp32 [dim / 2] inverse frequencies: theta^(-2i/dim), and for rope_type "llama3" Llama 3.1's rescaling —
+    wavelengths above original_max / low_freq_factor slowed by `factor`, below original_max / high_freq_factor
+    kept, and the band between blended linearly in original_max / wavelength."""
+    params = _rope_params(cfg)
+    kind = params["rope_type"]
+    if float(params.get("partial_rotary_factor", 1.0)) != 1.0:
+        raise ValueError("partial_rotary_factor != 1 is not supported")
+    inv = default_inv_freq(dim, rope_theta(cfg))
+    if kind == "default":
+        return inv
+    if kind != "llama3":
+        raise ValueError(f"rope_type {kind!r} is not supported; tritium supports 'default' and 'llama3'")
+    factor, low, high = float(params["factor"]), float(params["low_freq_factor"]), float(params["high_freq_factor"])
+    original = float(params.get("original_max_position_embeddings", cfg.max_position_embeddings))
+    wavelen = 2 * math.pi / inv
+    smooth = (original / wavelen - low) / (high - low)  # in the band: 0 at the slow end, 1 at the fast
+    blended = (1 - smooth) * inv / factor + smooth * inv
+    return torch.where(wavelen > original / low, inv / factor, torch.where(wavelen < original / high, inv, blended))
