@@ -16,6 +16,7 @@ from typing import Iterator, Sequence as Seq
 
 from tritium import platform
 from tritium.engine.config import EngineConfig
+from tritium.engine.detokenize import IncrementalText
 from tritium.engine.sampling_params import SamplingParams
 from tritium.engine.scheduler import Scheduler
 from tritium.engine.sequence import Sequence
@@ -26,6 +27,7 @@ class StepOutput:
     seq_id: int
     token_id: int  # the token sampled for this request in this step
     finished: bool
+    finish_reason: str | None = None  # "stop" | "length" once finished
 
 
 class LLM:
@@ -44,11 +46,12 @@ class LLM:
         self.tokenizer = AutoTokenizer.from_pretrained(config.model)
         platform.announce_cpu_mode()
         self.runner = ModelRunner(self.config, self.hf_config, platform.DEVICE)
-        self._reset()
+        self.reset()
         if platform.HAS_CUDA:
             self.warm_up()
 
-    def _reset(self) -> None:
+    def reset(self) -> None:
+        """Drop every request: an empty scheduler over the same KV cache (blocks and prefix cache freed)."""
         self.scheduler = Scheduler(self.config, self.runner.num_blocks, self._eos_token_ids())
         self._seqs: dict[int, Sequence] = {}
         self._in_flight = None  # (batch, SampledTokens) of the step launched last, not yet collected
@@ -66,7 +69,7 @@ class LLM:
         gpu = platform.gpu_name()
         if tables.enabled() and tables.entries(tables.KERNELS, tables.load(gpu)):
             tables.save(gpu, tables.user_dir(), only_new=True)
-        self._reset()
+        self.reset()
 
     def _eos_token_ids(self) -> list[int]:
         """EOS ids from config.json and generation_config.json (chat checkpoints end turns with another id)."""
@@ -80,7 +83,8 @@ class LLM:
         return sorted(ids)
 
     # ---- requests ------------------------------------------------------------------------------------
-    def _to_ids(self, prompt) -> list[int]:
+    def encode_prompt(self, prompt) -> list[int]:
+        """Token ids of a prompt (text, encoded without special tokens, or token ids); ValueError if bad."""
         if isinstance(prompt, str):
             ids = self.tokenizer.encode(prompt, add_special_tokens=False)
         elif isinstance(prompt, Seq) and all(isinstance(t, numbers.Integral) for t in prompt):
@@ -106,7 +110,7 @@ class LLM:
         for p in params:
             if not isinstance(p, SamplingParams):
                 raise ValueError(f"sampling_params must be SamplingParams, got {type(p).__name__}")
-        return [Sequence(self._to_ids(pr), p, block_size=self.config.kvcache_block_size)
+        return [Sequence(self.encode_prompt(pr), p, block_size=self.config.kvcache_block_size)
                 for pr, p in zip(prompts, params)]
 
     def _queue(self, seqs: list[Sequence]) -> list[int]:
@@ -125,10 +129,20 @@ class LLM:
 
     def add_request(self, prompt, sampling_params: SamplingParams | None = None) -> int:
         """Queue one request (text or token ids); returns its id."""
-        return self._queue(self._make_seqs([prompt], sampling_params))[0]
+        return self.add_requests([prompt], sampling_params)[0]
+
+    def add_requests(self, prompts, sampling_params=None) -> list[int]:
+        """Queue several requests, all or none (a bad one raises ValueError and none is queued)."""
+        return self._queue(self._make_seqs(prompts, sampling_params))
 
     def abort(self, seq_id: int) -> None:
+        """Stop a request now (its blocks are freed) and forget it."""
         self.scheduler.abort(seq_id)
+        self.release(seq_id)
+
+    def release(self, seq_id: int) -> None:
+        """Forget a finished request (its result is no longer needed)."""
+        self._seqs.pop(seq_id, None)
 
     def is_finished(self) -> bool:
         return self.scheduler.is_finished() and self._in_flight is None
@@ -151,8 +165,8 @@ class LLM:
         seqs = batch.sampling_seqs
         self.scheduler.postprocess(batch, tokens)
         # A token a request kept (not one computed after it had stopped, or after an abort).
-        return [StepOutput(s.seq_id, t, s.is_finished) for s, t, i in zip(seqs, tokens, batch.token_index)
-                if len(s.token_ids) > i]
+        return [StepOutput(s.seq_id, t, s.is_finished, s.finish_reason)
+                for s, t, i in zip(seqs, tokens, batch.token_index) if len(s.token_ids) > i]
 
     def result(self, seq_id: int) -> dict:
         seq = self._seqs[seq_id]
@@ -165,17 +179,16 @@ class LLM:
         the newly decoded text of that request (empty while a multi-byte character is incomplete)."""
         ids = self._queue(self._make_seqs(prompts, sampling_params))
         index = {sid: i for i, sid in enumerate(ids)}
-        shown = {sid: "" for sid in ids}
+        texts = {sid: IncrementalText(self.tokenizer) for sid in ids}
         pending = set(ids)
         while pending:
             for out in self.step():
                 if out.seq_id not in index:
                     continue
-                text = self.tokenizer.decode(self._seqs[out.seq_id].completion_token_ids, skip_special_tokens=True)
-                delta = text[len(shown[out.seq_id]):] if not text.endswith("\ufffd") else ""
-                shown[out.seq_id] += delta
+                delta = texts[out.seq_id].add(out.token_id, final=out.finished)
                 if out.finished:
                     pending.discard(out.seq_id)
+                    self.release(out.seq_id)
                 yield {"index": index[out.seq_id], "token_id": out.token_id, "text": delta,
                        "finished": out.finished}
 
@@ -201,7 +214,7 @@ class LLM:
             bar.close()
         results = [self.result(sid) for sid in ids]
         for sid in ids:
-            del self._seqs[sid]
+            self.release(sid)
         return results
 
     def chat(self, conversations, sampling_params=None, use_tqdm: bool = True) -> list[dict]:

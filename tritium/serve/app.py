@@ -1,0 +1,197 @@
+"""The HTTP server: Starlette routes over one EngineLoop, run by uvicorn.
+
+Each request submits its choices to the engine loop, whose thread hands every new token to this process's
+event loop (`_Run.sink`), where it is detokenized (stop strings applied) and streamed as server-sent events
+or gathered into one JSON body. A request whose client goes away is aborted, which frees its KV blocks.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from tritium.engine.detokenize import IncrementalText
+from tritium.engine.llm import LLM
+from tritium.serve.engine_loop import EngineLoop
+from tritium.serve.protocol import (APIError, GenerationRequest, chunk_body, new_id, parse_request,
+                                    response_body, usage_chunk)
+
+DISCONNECT_POLL_S = 0.5
+
+
+class _Run:
+    """One HTTP request's choices in the engine: tokens arrive on the event loop, leave as text pieces."""
+
+    def __init__(self, engine: EngineLoop, req: GenerationRequest, tokenizer):
+        self.engine, self.req = engine, req
+        self.texts = [IncrementalText(tokenizer, req.stop) for _ in req.prompts]
+        self.finish: list[str | None] = [None] * len(req.prompts)
+        self.seq_ids: list[int] = []
+        self._loop = asyncio.get_running_loop()
+        self._queue: asyncio.Queue = asyncio.Queue()
+
+    def sink(self, out) -> None:  # called on the engine thread
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, out)
+
+    async def start(self) -> None:
+        try:
+            self.seq_ids = await asyncio.wrap_future(self.engine.submit(self.req.prompts, self.req.params, self.sink))
+        except ValueError as e:  # the engine refused a request (nothing was queued)
+            raise APIError(400, str(e)) from None
+        self._index = {sid: i for i, sid in enumerate(self.seq_ids)}
+
+    async def pieces(self):
+        """Yield (choice index, new text, its token ids, finish reason or None) until every choice ends."""
+        while None in self.finish:
+            out = await self._queue.get()
+            if isinstance(out, BaseException):
+                raise APIError(500, f"the engine failed: {out}", type="server_error")
+            i = self._index[out.seq_id]
+            if self.finish[i] is not None:
+                continue  # a token computed after the choice hit a stop string
+            text = self.texts[i]
+            before = len(text.token_ids)
+            delta = text.add(out.token_id, final=out.finished)
+            if text.stopped:
+                self.finish[i] = "stop"
+                self.engine.abort([out.seq_id])
+            elif out.finished:
+                self.finish[i] = out.finish_reason
+            yield i, delta, text.token_ids[before:], self.finish[i]
+
+    def abort_unfinished(self) -> None:
+        left = [sid for sid, f in zip(self.seq_ids, self.finish) if f is None]
+        if left:
+            self.engine.abort(left)
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(len(t.token_ids) for t in self.texts)
+
+
+class _EventStream(StreamingResponse):
+    """Server-sent events that abort their request however the response ends (done, error, disconnect)."""
+
+    def __init__(self, run: _Run, content):
+        super().__init__(content, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        self.run = run
+
+    async def __call__(self, scope, receive, send):
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.run.abort_unfinished()
+
+
+def _sse(data) -> str:
+    return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
+
+
+def create_app(llm: LLM, model_name: str) -> Starlette:
+    engine = EngineLoop(llm)
+    tokenizer = llm.tokenizer
+
+    def chat_template(messages):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    async def generate(request: Request, chat: bool) -> Response:
+        try:
+            body = json.loads(await request.body())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise APIError(400, f"the request body is not valid JSON: {e}") from None
+        req = parse_request(body, chat=chat, model_name=model_name, max_model_len=llm.config.max_model_len,
+                            encode=llm.encode_prompt, chat_template=chat_template)
+        run = _Run(engine, req, tokenizer)
+        await run.start()
+        rid = new_id(chat)
+        if req.stream:
+            return _EventStream(run, _stream(run, rid))
+        return await _gather(request, run, rid)
+
+    async def _stream(run: _Run, rid: str):
+        req = run.req
+        if req.chat:  # the first chunk of each choice names the role
+            for i in range(len(req.prompts)):
+                yield _sse(chunk_body(req, rid, model_name, i, "", role=True))
+        try:
+            async for i, delta, ids, finish in run.pieces():
+                if delta or finish is not None or req.return_token_ids:
+                    yield _sse(chunk_body(req, rid, model_name, i, delta or None, finish, ids))
+        except APIError as e:
+            yield _sse(e.body())
+        else:
+            if req.include_usage:
+                yield _sse(usage_chunk(req, rid, model_name, run.completion_tokens))
+        yield _sse("[DONE]")
+
+    async def _gather(request: Request, run: _Run, rid: str) -> Response:
+        async def collect():
+            async for _ in run.pieces():
+                pass
+
+        task = asyncio.ensure_future(collect())
+        try:
+            while not task.done():
+                await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
+                if not task.done() and await request.is_disconnected():
+                    task.cancel()
+                    return Response(status_code=499)  # nobody is listening; the request is aborted below
+            task.result()
+        finally:
+            run.abort_unfinished()
+        choices = [{"text": t.text, "token_ids": t.token_ids, "finish_reason": f}
+                   for t, f in zip(run.texts, run.finish)]
+        return JSONResponse(response_body(run.req, rid, model_name, choices))
+
+    async def completions(request: Request) -> Response:
+        return await generate(request, chat=False)
+
+    async def chat_completions(request: Request) -> Response:
+        return await generate(request, chat=True)
+
+    async def models(request: Request) -> Response:
+        card = {"id": model_name, "object": "model", "created": 0, "owned_by": "tritium",
+                "max_model_len": llm.config.max_model_len}
+        return JSONResponse({"object": "list", "data": [card]})
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def api_error(request: Request, exc: APIError) -> Response:
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        return JSONResponse(APIError(exc.status_code, str(exc.detail), type="not_found_error"
+                                     if exc.status_code == 404 else "invalid_request_error").body(),
+                            status_code=exc.status_code)
+
+    async def server_error(request: Request, exc: Exception) -> Response:
+        return JSONResponse(APIError(500, f"internal error: {exc}", type="server_error").body(), status_code=500)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        engine.close()
+
+    app = Starlette(
+        lifespan=lifespan,
+        routes=[Route("/v1/completions", completions, methods=["POST"]),
+                Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+                Route("/v1/models", models, methods=["GET"]), Route("/health", health, methods=["GET"])],
+        exception_handlers={APIError: api_error, HTTPException: http_error, Exception: server_error},
+    )
+    app.state.engine = engine
+    return app
+
+
+def serve(llm: LLM, model_name: str, host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Serve until interrupted (uvicorn)."""
+    import uvicorn
+
+    uvicorn.run(create_app(llm, model_name), host=host, port=port, log_level="info")

@@ -1,0 +1,98 @@
+"""The engine in its own thread, shared by every HTTP request.
+
+Only this thread touches the LLM. Handlers hand it work through a queue (`submit`, `abort`, `call`) and get
+each step's tokens through a `sink` callback, called on this thread (the server forwards them to its event
+loop). Between steps the thread takes everything queued, so requests that arrive while a step runs join the
+next one: continuous batching across clients with no lock held per request. With nothing to do it sleeps
+until woken by new work.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+from concurrent.futures import Future
+from typing import Callable
+
+from tritium.engine.llm import LLM, StepOutput
+from tritium.engine.sampling_params import SamplingParams
+
+Sink = Callable[["StepOutput | BaseException"], None]
+
+
+class EngineLoop:
+    def __init__(self, llm: LLM):
+        self.llm = llm
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._wake = threading.Event()
+        self._sinks: dict[int, Sink] = {}  # seq id -> where its tokens go
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, name="tritium-engine", daemon=True)
+        self._thread.start()
+
+    # ---- called from any thread ----------------------------------------------------------------------
+    def call(self, fn: Callable[[LLM], object]) -> Future:
+        """Run fn(llm) on the engine thread between steps; its result (or exception) lands in the future."""
+        if self._closing:
+            raise RuntimeError("the engine loop is closed")
+        fut: Future = Future()
+        self._inbox.put((fn, fut))
+        self._wake.set()
+        return fut
+
+    def submit(self, prompts: list[list[int]], params: list[SamplingParams], sink: Sink) -> Future:
+        """Queue requests (all or none: a ValueError lands in the future); the future gets their seq ids."""
+        def add(llm: LLM) -> list[int]:
+            ids = llm.add_requests(prompts, params)
+            for sid in ids:
+                self._sinks[sid] = sink
+            return ids
+        return self.call(add)
+
+    def abort(self, seq_ids) -> Future:
+        def drop(llm: LLM) -> None:
+            for sid in seq_ids:
+                if self._sinks.pop(sid, None) is not None:
+                    llm.abort(sid)
+        return self.call(drop)
+
+    def close(self) -> None:
+        self._closing = True
+        self._wake.set()
+        self._thread.join(timeout=30)
+
+    # ---- the engine thread ---------------------------------------------------------------------------
+    def _drain(self) -> None:
+        while True:
+            try:
+                fn, fut = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                fut.set_result(fn(self.llm))
+            except BaseException as e:  # the caller sees it; the loop goes on
+                fut.set_exception(e)
+
+    def _run(self) -> None:
+        while not self._closing:
+            self._drain()
+            if self.llm.is_finished():
+                self._wake.wait()
+                self._wake.clear()
+                continue
+            try:
+                outs = self.llm.step()
+            except Exception as e:  # a failed step fails every request; the engine starts again empty
+                for sink in set(self._sinks.values()):
+                    sink(e)
+                self._sinks.clear()
+                self.llm.reset()
+                continue
+            for out in outs:
+                sink = self._sinks.get(out.seq_id)
+                if sink is not None:
+                    sink(out)
+                if out.finished:
+                    self._sinks.pop(out.seq_id, None)
+                    self.llm.release(out.seq_id)
