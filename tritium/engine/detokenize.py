@@ -1,9 +1,11 @@
 """Incremental detokenization: the text each new token adds to a request's completion.
 
-Text is released only when it is final: never while the decoded completion ends in an incomplete multi-byte
+Each step decodes only a short window: the tokens since the last release point, once with and once without
+the newest ones, and takes the difference (tokenizers merge bytes across tokens, so a token's text depends on
+its neighbours). Text is released only when it is final: never while it ends in an incomplete multi-byte
 character ("\ufffd"), and, when stop strings are set, never the last (longest stop - 1) characters, which
 could still become the start of a stop string. Once a stop string appears, the text ends just before it and
-`stopped` is set. The whole completion is decoded each time (tokenizers merge bytes across tokens).
+`stopped` is set.
 """
 from __future__ import annotations
 
@@ -16,24 +18,33 @@ class IncrementalText:
         self.token_ids: list[int] = []
         self.text = ""  # released so far
         self.stopped = False
+        self._decoded = ""  # all complete text so far (released or held back)
+        self._prefix = self._read = 0  # token_ids[_prefix:_read] decode to the end of _decoded
+
+    def _decode(self, ids) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def _grow(self, final: bool) -> None:
+        ids = self.token_ids
+        before = self._decode(ids[self._prefix:self._read])
+        after = self._decode(ids[self._prefix:])
+        if len(after) > len(before) and (final or not after.endswith("\ufffd")):
+            self._decoded += after[len(before):]
+            self._prefix, self._read = self._read, len(ids)
 
     def add(self, token_id: int, final: bool = False) -> str:
         """Append one token; returns the newly released text (all that is left when `final`)."""
         if self.stopped:
             return ""
         self.token_ids.append(token_id)
-        full = self.tokenizer.decode(self.token_ids, skip_special_tokens=True)
-        sent = len(self.text)
+        self._grow(final)
+        full, sent = self._decoded, len(self.text)
         # A stop string cannot start inside released text: that text was held back until it could not.
         hits = [i for i in (full.find(s, sent) for s in self.stop) if i >= 0]
         if hits:
             end, self.stopped = min(hits), True
-        elif final:
-            end = len(full)
-        elif full.endswith("\ufffd"):
-            end = sent
         else:
-            end = max(sent, len(full) - self.hold)
+            end = len(full) if final else max(sent, len(full) - self.hold)
         delta = full[sent:end]
         self.text += delta
         return delta

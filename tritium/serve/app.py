@@ -1,7 +1,7 @@
 """The HTTP server: Starlette routes over one EngineLoop, run by uvicorn.
 
-Each request submits its choices to the engine loop, whose thread hands every new token to this process's
-event loop (`_Run.sink`), where it is detokenized (stop strings applied) and streamed as server-sent events
+Each request submits its choices to the engine loop, whose thread hands each step's new tokens to the event
+loop in one call (`deliver`), where they are detokenized (stop strings applied) and streamed as server-sent events
 or gathered into one JSON body. A request whose client goes away is aborted, which frees its KV blocks.
 """
 from __future__ import annotations
@@ -33,15 +33,11 @@ class _Run:
         self.texts = [IncrementalText(tokenizer, req.stop) for _ in req.prompts]
         self.finish: list[str | None] = [None] * len(req.prompts)
         self.seq_ids: list[int] = []
-        self._loop = asyncio.get_running_loop()
-        self._queue: asyncio.Queue = asyncio.Queue()
-
-    def sink(self, out) -> None:  # called on the engine thread
-        self._loop.call_soon_threadsafe(self._queue.put_nowait, out)
+        self.queue: asyncio.Queue = asyncio.Queue()  # StepOutputs, or the exception that failed a step
 
     async def start(self) -> None:
         try:
-            self.seq_ids = await asyncio.wrap_future(self.engine.submit(self.req.prompts, self.req.params, self.sink))
+            self.seq_ids = await asyncio.wrap_future(self.engine.submit(self.req.prompts, self.req.params, self))
         except ValueError as e:  # the engine refused a request (nothing was queued)
             raise APIError(400, str(e)) from None
         self._index = {sid: i for i, sid in enumerate(self.seq_ids)}
@@ -49,7 +45,7 @@ class _Run:
     async def pieces(self):
         """Yield (choice index, new text, its token ids, finish reason or None) until every choice ends."""
         while None in self.finish:
-            out = await self._queue.get()
+            out = await self.queue.get()
             if isinstance(out, BaseException):
                 raise APIError(500, f"the engine failed: {out}", type="server_error")
             i = self._index[out.seq_id]
@@ -94,7 +90,16 @@ def _sse(data) -> str:
 
 
 def create_app(llm: LLM, model_name: str) -> Starlette:
-    engine = EngineLoop(llm)
+    loop: asyncio.AbstractEventLoop | None = None  # the server's, known once it starts
+
+    def dispatch(items) -> None:
+        for run, out in items:
+            run.queue.put_nowait(out)
+
+    def deliver(items) -> None:  # on the engine thread: one hop to the event loop per step
+        loop.call_soon_threadsafe(dispatch, items)
+
+    engine = EngineLoop(llm, deliver)
     tokenizer = llm.tokenizer
 
     def chat_template(messages):
@@ -176,6 +181,8 @@ def create_app(llm: LLM, model_name: str) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
+        nonlocal loop
+        loop = asyncio.get_running_loop()
         yield
         engine.close()
 

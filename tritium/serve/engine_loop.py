@@ -1,8 +1,9 @@
 """The engine in its own thread, shared by every HTTP request.
 
-Only this thread touches the LLM. Handlers hand it work through a queue (`submit`, `abort`, `call`) and get
-each step's tokens through a `sink` callback, called on this thread (the server forwards them to its event
-loop). Between steps the thread takes everything queued, so requests that arrive while a step runs join the
+Only this thread touches the LLM. Handlers hand it work through a queue (`submit`, `abort`, `call`); each
+step's tokens leave in one `deliver([(owner, output), ...])` call on this thread (owner: what `submit` was
+given; output: a StepOutput, or the exception that failed the step), which the server forwards to its event
+loop in one hop. Between steps the thread takes everything queued, so requests that arrive while a step runs join the
 next one: continuous batching across clients with no lock held per request. With nothing to do it sleeps
 until woken by new work.
 """
@@ -16,15 +17,16 @@ from typing import Callable
 from tritium.engine.llm import LLM, StepOutput
 from tritium.engine.sampling_params import SamplingParams
 
-Sink = Callable[["StepOutput | BaseException"], None]
+Deliver = Callable[[list[tuple[object, "StepOutput | BaseException"]]], None]
 
 
 class EngineLoop:
-    def __init__(self, llm: LLM):
+    def __init__(self, llm: LLM, deliver: Deliver):
         self.llm = llm
+        self.deliver = deliver
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._wake = threading.Event()
-        self._sinks: dict[int, Sink] = {}  # seq id -> where its tokens go
+        self._owners: dict[int, object] = {}  # seq id -> whose request it is
         self._closing = False
         self._thread = threading.Thread(target=self._run, name="tritium-engine", daemon=True)
         self._thread.start()
@@ -39,19 +41,19 @@ class EngineLoop:
         self._wake.set()
         return fut
 
-    def submit(self, prompts: list[list[int]], params: list[SamplingParams], sink: Sink) -> Future:
+    def submit(self, prompts: list[list[int]], params: list[SamplingParams], owner) -> Future:
         """Queue requests (all or none: a ValueError lands in the future); the future gets their seq ids."""
         def add(llm: LLM) -> list[int]:
             ids = llm.add_requests(prompts, params)
             for sid in ids:
-                self._sinks[sid] = sink
+                self._owners[sid] = owner
             return ids
         return self.call(add)
 
     def abort(self, seq_ids) -> Future:
         def drop(llm: LLM) -> None:
             for sid in seq_ids:
-                if self._sinks.pop(sid, None) is not None:
+                if self._owners.pop(sid, None) is not None:
                     llm.abort(sid)
         return self.call(drop)
 
@@ -84,15 +86,14 @@ class EngineLoop:
             try:
                 outs = self.llm.step()
             except Exception as e:  # a failed step fails every request; the engine starts again empty
-                for sink in set(self._sinks.values()):
-                    sink(e)
-                self._sinks.clear()
+                self.deliver([(owner, e) for owner in set(self._owners.values())])
+                self._owners.clear()
                 self.llm.reset()
                 continue
+            items = [(self._owners[out.seq_id], out) for out in outs if out.seq_id in self._owners]
             for out in outs:
-                sink = self._sinks.get(out.seq_id)
-                if sink is not None:
-                    sink(out)
                 if out.finished:
-                    self._sinks.pop(out.seq_id, None)
+                    self._owners.pop(out.seq_id, None)
                     self.llm.release(out.seq_id)
+            if items:
+                self.deliver(items)
