@@ -4,18 +4,10 @@ import pytest
 import torch
 
 from tritium import LLM, SamplingParams
+from hf_reference import greedy_ref
 
 NEW = 32
 LENS = [1, 7, 16, 21, 33, 45]
-
-
-def _greedy_ref(model, prompt, n):
-    ids = torch.tensor([prompt])
-    with torch.no_grad():
-        for _ in range(n):
-            nxt = model(ids).logits[0, -1].argmax()
-            ids = torch.cat([ids, nxt.view(1, 1)], dim=1)
-    return ids[0, len(prompt):].tolist()
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +24,7 @@ def reference(tiny_checkpoint, prompts):
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_checkpoint, dtype=torch.float32).eval()
-    return [_greedy_ref(model, p, NEW) for p in prompts]
+    return [greedy_ref(model, p, NEW) for p in prompts]
 
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=NEW, ignore_eos=True)
@@ -62,7 +54,7 @@ def test_other_architectures_match_transformers_in_a_batch(preset, prompts):
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     with LLM(path, kvcache_block_size=16) as llm:
         outs = llm.generate(prompts, GREEDY, use_tqdm=False)
-    assert [o["token_ids"] for o in outs] == [_greedy_ref(model, p, NEW) for p in prompts]
+    assert [o["token_ids"] for o in outs] == [greedy_ref(model, p, NEW) for p in prompts]
 
 
 def test_one_at_a_time_and_cache_hits_on_repeat(tiny_checkpoint, prompts, reference):

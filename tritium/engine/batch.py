@@ -25,6 +25,16 @@ class BatchInputs:
 
 
 @dataclass
+class StepPlan:
+    """Everything the model runner needs for one step, as plain data (tensor-parallel workers get it pickled)."""
+
+    inputs: BatchInputs
+    num_decodes: int
+    is_prefill: bool
+    params: list  # [S] SamplingParams of each sampling sequence
+
+
+@dataclass
 class ScheduledBatch:
     """One step. The first ``num_decodes`` sequences decode (one token each); the rest prefill."""
 
@@ -59,6 +69,11 @@ class ScheduledBatch:
     @property
     def sampling_seqs(self) -> list[Sequence]:
         return [s for s, smp in zip(self.seqs, self.samples) if smp]
+
+    def plan(self) -> StepPlan:
+        x = self.inputs()
+        params = [self.seqs[i].sampling_params for i in x.sample_seq_indices]
+        return StepPlan(x, self.num_decodes, self.is_prefill, params)
 
     def inputs(self) -> BatchInputs:
         """Flat inputs of the step, as of scheduling (hot path: no per-sequence objects)."""

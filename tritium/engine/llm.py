@@ -34,18 +34,20 @@ class LLM:
     def __init__(self, model: str, **kwargs):
         from transformers import AutoTokenizer
 
+        from tritium.engine.executor import TensorParallelExecutor
         from tritium.engine.model_runner import ModelRunner
         from tritium.model.loader import load_hf_config
 
         config = EngineConfig.from_kwargs(str(model), **kwargs)
-        if config.tensor_parallel_size != 1:
-            raise ValueError("tensor_parallel_size > 1 is not supported yet; use tensor_parallel_size=1")
         self.hf_config = load_hf_config(config.model)
         max_len = min(config.max_model_len, self.hf_config.max_position_embeddings)
         self.config = dataclasses.replace(config, max_model_len=max_len)
         self.tokenizer = AutoTokenizer.from_pretrained(config.model)
         platform.announce_cpu_mode()
-        self.runner = ModelRunner(self.config, self.hf_config, platform.DEVICE)
+        if config.tensor_parallel_size == 1:
+            self.runner = ModelRunner(self.config, self.hf_config, platform.DEVICE)
+        else:
+            self.runner = TensorParallelExecutor(self.config, self.hf_config)
         self.reset()
         if platform.HAS_CUDA:
             self.warm_up()

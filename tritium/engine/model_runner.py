@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import torch
 
+from tritium import distributed
 from tritium.engine.config import EngineConfig
-from tritium.engine.batch import ScheduledBatch
+from tritium.engine.batch import ScheduledBatch, StepPlan
 from tritium.kernels.sampling import sample
 from tritium.model.attention import (AttentionMetadata, allocate_kv_cache, kv_cache_bytes_per_block,
                                      release_kv_cache)
@@ -61,6 +62,8 @@ class ModelRunner:
         self.max_blocks_per_seq = -(-config.max_model_len // self.block_size)
         self.model = load_model(config.model, device=device, dtype=self.dtype)
         self.num_blocks = config.num_kvcache_blocks if config.num_kvcache_blocks > 0 else self._auto_num_blocks()
+        if distributed.is_parallel():  # every rank's cache holds the same blocks: the smallest fits all
+            self.num_blocks = distributed.min_over_ranks(self.num_blocks)
         self.kv_cache = allocate_kv_cache(self.model, self.num_blocks, self.block_size, self.dtype, device)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self._last_sampled = torch.empty(0, dtype=torch.int64, device=device)  # the last step's ids
@@ -151,23 +154,25 @@ class ModelRunner:
                                                                                               torch.int64)]
 
     # ---- one step ----------------------------------------------------------------------------------------
-    @torch.inference_mode()
     def launch(self, batch: ScheduledBatch) -> SampledTokens:
         """Enqueue the batch; returns one sampled id per sampling sequence, in batch order, when ready."""
-        x = batch.inputs()
-        if not batch.is_prefill and next((b for b in self.graphs if b >= len(x.input_ids)), None):
+        return self.execute(batch.plan())
+
+    @torch.inference_mode()
+    def execute(self, plan: StepPlan) -> SampledTokens:
+        x, params = plan.inputs, plan.params
+        if not plan.is_prefill and next((b for b in self.graphs if b >= len(x.input_ids)), None):
             hidden = self._decode_graph(x)
         else:
             meta, ids, pos = self._device_inputs(x.input_ids, x.positions, x.slot_mapping, x.query_lens,
-                                                 x.context_lens, x.block_tables, batch.num_decodes)
+                                                 x.context_lens, x.block_tables, plan.num_decodes)
             self._take_pending(ids, x)
             hidden = self.model(ids, pos, meta)
-            if batch.is_prefill:
+            if plan.is_prefill:
                 hidden = hidden[self._tensor(x.sample_rows, torch.int64)] if x.sample_rows else hidden[:0]
         if not x.sample_rows:
             return SampledTokens(torch.empty(0, dtype=torch.int64))
-        logits = self.model.compute_logits(hidden)
-        params = [batch.seqs[i].sampling_params for i in x.sample_seq_indices]
+        logits = self.model.compute_logits(hidden)  # every rank gets all of them and samples the same ids
         self._last_sampled = self._sample(logits, [p.temperature for p in params], x.seeds, x.sample_offsets,
                                           params)
         return SampledTokens(self._last_sampled)

@@ -58,7 +58,7 @@ class DecoderAttention(nn.Module):
         _, tp = tp_rank_and_size()
         self.head_dim = d = head_dim(cfg)
         self.num_heads = cfg.num_attention_heads // tp
-        self.num_kv_heads = max(1, cfg.num_key_value_heads // tp)
+        self.num_kv_heads = cfg.num_key_value_heads // tp  # tp divides it (engine.executor checks)
         self.qkv_proj = qkv_linear(cfg.hidden_size, d, cfg.num_attention_heads, cfg.num_key_value_heads,
                                    bias=spec.qkv_bias)
         self.o_proj = RowParallelLinear(cfg.num_attention_heads * d, cfg.hidden_size, bias=spec.o_bias)
@@ -156,7 +156,7 @@ class DecoderForCausalLM(nn.Module):
         return self.model(input_ids, positions, meta)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """hidden [N, hidden] (only the rows that sample) -> logits [N, vocab] (None off rank 0 under TP)."""
+        """hidden [N, hidden] (only the rows that sample) -> logits [N, vocab], on every rank under TP."""
         return self.lm_head(hidden)
 
 

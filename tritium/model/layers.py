@@ -147,12 +147,13 @@ class VocabParallelEmbedding(nn.Module):
 
 
 class ParallelLMHead(VocabParallelEmbedding):
-    """logits = h @ E^T over this rank's vocabulary slice, gathered to the full vocabulary on rank 0."""
+    """logits = h @ E^T over this rank's vocabulary slice, gathered to the full vocabulary on every rank (each
+    rank samples the same ids from them, so none has to be told them)."""
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         logits = F.linear(hidden, self.weight)
         if self.tp_size > 1:
-            parts = [torch.empty_like(logits) for _ in range(self.tp_size)] if self.tp_rank == 0 else None
-            dist.gather(logits, parts, dst=0)
-            logits = torch.cat(parts, dim=-1) if self.tp_rank == 0 else None
-        return None if logits is None else logits[..., : self.vocab_size]
+            parts = [torch.empty_like(logits) for _ in range(self.tp_size)]
+            dist.all_gather(parts, logits.contiguous())
+            logits = torch.cat(parts, dim=-1)
+        return logits[..., : self.vocab_size]

@@ -1,0 +1,122 @@
+"""Tensor parallelism: the engine process is rank 0 and owns the scheduler; N-1 spawned worker processes
+each hold one shard of the model, its KV cache and graphs on their own GPU (or, on a machine without one,
+the CPU through the interpreter, with gloo).
+
+Each step rank 0 broadcasts the step's plan (one pickled message on the CPU group), then every rank runs the
+same ModelRunner.execute: the layers' all-reduces meet, the logits are gathered to every rank, and every rank
+samples the same ids (same logits, same seeds), so the next step's placeholder inputs agree everywhere
+without another message. A plan of None tells the workers to stop.
+
+Failures end in an error on rank 0, not a hang: a worker that dies closes its sockets, which fails rank 0's
+next collective; rank 0 also checks that every worker is alive before each step. `close` (LLM.exit, the
+context manager, interpreter exit) stops the workers, and kills those that do not stop in time.
+"""
+from __future__ import annotations
+
+import atexit
+import multiprocessing as mp
+import traceback
+import weakref
+
+import torch
+
+from tritium import distributed
+from tritium.engine.batch import ScheduledBatch
+from tritium.engine.config import EngineConfig
+from tritium.engine.model_runner import ModelRunner, SampledTokens
+
+JOIN_S = 10
+
+
+def check_tensor_parallel(hf_config, n: int) -> None:
+    """ValueError naming what does not divide, or the GPUs missing, before any process starts."""
+    if torch.cuda.is_available() and n > torch.cuda.device_count():
+        raise ValueError(f"tensor_parallel_size={n} but only {torch.cuda.device_count()} GPUs are visible")
+    for name in ("num_attention_heads", "num_key_value_heads", "intermediate_size"):
+        value = getattr(hf_config, name)
+        if value % n:
+            raise ValueError(f"tensor_parallel_size={n} must divide the model's {name} ({value})")
+
+
+def _worker(rank: int, world_size: int, init_method: str, config: EngineConfig) -> None:
+    from tritium.model.loader import load_hf_config
+
+    try:
+        device = distributed.init(rank, world_size, init_method)
+        runner = ModelRunner(config, load_hf_config(config.model), device)
+        while (plan := distributed.broadcast()) is not None:
+            runner.execute(plan)
+        runner.close()
+        distributed.shutdown()
+    except BaseException:  # the exit closes this rank's sockets, which fails rank 0's collective
+        traceback.print_exc()
+        raise SystemExit(1)
+
+
+class TensorParallelExecutor:
+    """Rank 0's ModelRunner plus the workers; stands in for the runner (its attributes are rank 0's)."""
+
+    def __init__(self, config: EngineConfig, hf_config):
+        n = config.tensor_parallel_size
+        check_tensor_parallel(hf_config, n)
+        init_method = f"tcp://127.0.0.1:{distributed.free_port()}"
+        ctx = mp.get_context("spawn")
+        self.workers = [ctx.Process(target=_worker, args=(r, n, init_method, config), daemon=True,
+                                    name=f"tritium-tp-rank{r}") for r in range(1, n)]
+        for w in self.workers:
+            w.start()
+        self._in_step = False  # a step was sent but its collectives may not have finished (an error)
+        try:
+            device = distributed.init(0, n, init_method)
+            self.runner = ModelRunner(config, hf_config, device)
+        except BaseException:
+            self._kill()
+            raise
+        atexit.register(_close_at_exit, weakref.ref(self))
+
+    def __getattr__(self, name):  # model, kv_cache, graphs, num_blocks, ...: rank 0's runner
+        if name == "runner":
+            raise AttributeError(name)
+        return getattr(self.runner, name)
+
+    def _check_workers(self) -> None:
+        dead = [(w.name, w.exitcode) for w in self.workers if not w.is_alive()]
+        if dead:
+            raise RuntimeError(f"tensor-parallel worker(s) exited: {dead}; the engine cannot continue")
+
+    def launch(self, batch: ScheduledBatch) -> SampledTokens:
+        self._check_workers()
+        plan = batch.plan()
+        self._in_step = True
+        distributed.broadcast(plan)
+        tokens = self.runner.execute(plan)
+        self._in_step = False
+        return tokens
+
+    def close(self) -> None:
+        if not self.workers:
+            return
+        clean = not self._in_step and all(w.is_alive() for w in self.workers)
+        if clean:
+            try:
+                distributed.broadcast(None)
+            except Exception:
+                clean = False
+        for w in self.workers:
+            w.join(timeout=JOIN_S if clean else 0.5)
+        self._kill()
+        self.runner.close()
+        distributed.shutdown()
+
+    def _kill(self) -> None:
+        for w in self.workers:
+            if w.is_alive():
+                w.kill()
+            w.join(timeout=JOIN_S)
+        self.workers = []
+
+
+def _close_at_exit(ref) -> None:
+    executor = ref()
+    if executor is not None:
+        executor.close()
