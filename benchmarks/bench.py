@@ -38,6 +38,7 @@ def main():
     ap.add_argument("--preset", default="qwen3-0.6b" if HAS_CUDA else "tiny")
     ap.add_argument("--num-seqs", type=int, default=256 if HAS_CUDA else 4)
     ap.add_argument("--enforce-eager", action="store_true")
+    ap.add_argument("--tensor-parallel-size", type=int, default=1)
     args = ap.parse_args()
     model = args.model or str(ensure_checkpoint(args.preset))
     if HAS_CUDA:
@@ -46,7 +47,7 @@ def main():
         prompts, params = workload(args.num_seqs, 48, 16, 8, max_id=1000)  # the tiny vocabulary is 1024
     start = time.perf_counter()
     llm = LLM(model, max_model_len=4096, enforce_eager=args.enforce_eager,
-              kvcache_block_size=256 if HAS_CUDA else 16)
+              kvcache_block_size=256 if HAS_CUDA else 16, tensor_parallel_size=args.tensor_parallel_size)
     startup = time.perf_counter() - start
     held, built = tables.held_keys(), compiles.count()  # start-up ran every kernel shape (GPU)
     start = time.perf_counter()
@@ -68,6 +69,7 @@ def main():
     result = {"date": time.strftime("%Y-%m-%d"), "model": args.model or args.preset, "requests": len(prompts),
               "prompt_tokens": prompt_tokens, "output_tokens": out_tokens, "seconds": elapsed,
               "output_tok_per_s": out_tokens / elapsed, "enforce_eager": args.enforce_eager,
+              "tensor_parallel_size": args.tensor_parallel_size,
               "preemptions": llm.scheduler.num_preemptions,
               "startup_s": startup, "tuning_tables": table, "keys_tuned_in_run": tuned_in_run,
               "kernels_compiled_in_run": built_in_run, "compiled_in_run": compiles.built_since(built)}
@@ -75,7 +77,8 @@ def main():
         import torch
 
         result["gpu"] = torch.cuda.get_device_name()
-        name = "bench" + ("_eager" if args.enforce_eager else "") + ".json"
+        tp = f"_tp{args.tensor_parallel_size}" if args.tensor_parallel_size > 1 else ""
+        name = f"bench{tp}" + ("_eager" if args.enforce_eager else "") + ".json"
         path = ROOT / "benchmarks" / "results" / gpu_name() / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result, indent=1))

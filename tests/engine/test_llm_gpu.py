@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from tritium import LLM, SamplingParams
+from hf_reference import partings
 
 pytestmark = pytest.mark.gpu
 
@@ -61,16 +62,7 @@ def test_graph_and_eager_engines_agree_but_for_near_ties(checkpoint):
     with LLM(checkpoint, max_model_len=1024, enforce_eager=True) as llm:
         eager = [o["token_ids"] for o in llm.generate(prompts, params, use_tqdm=False)]
     ref = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).cuda().eval()
-    parted, gaps = [], []
-    for p, g, e in zip(prompts, graphed, eager):
-        if g == e:
-            continue
-        k = next(i for i, (a, b) in enumerate(zip(g, e)) if a != b)
-        with torch.no_grad():
-            logits = ref(torch.tensor([p + g[:k]], device="cuda")).logits[0, -1]
-        top2 = logits.topk(2).values
-        parted.append(float(abs(logits[g[k]] - logits[e[k]])))
-        gaps.append(float(top2[0] - top2[1]))
+    parted, gaps = partings(ref, prompts, graphed, eager)
     print(f"{len(parted)} of 64 runs parted; gaps at parting {parted}; top-2 gaps there {gaps}")
     assert all(m <= MARGIN for m in parted), parted
     assert len(parted) <= 16
