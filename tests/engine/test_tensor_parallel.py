@@ -29,16 +29,18 @@ def _nothing_left():
 
 @pytest.mark.parametrize("preset,options", [
     ("tiny", dict()),
+    ("tiny", dict(tensor_parallel_size=4)),  # one query head per rank, each KV head on two ranks
     ("tiny", dict(max_num_batched_tokens=16, num_kvcache_blocks=6)),  # chunked prefill and preemption
     ("qwen2-tiny", dict()),  # biases split with their rows
-], ids=["batched", "chunked-preempting", "qwen2"])
-def test_tp2_greedy_matches_transformers(preset, options):
+    ("llama-tiny", dict()),  # one KV head, replicated on both ranks
+], ids=["batched", "tp4", "chunked-preempting", "qwen2", "llama-replicated-kv"])
+def test_tp_greedy_matches_transformers(preset, options):
     from transformers import AutoModelForCausalLM
 
     path = ensure_checkpoint(preset)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     prompts = _prompts()
-    with LLM(path, kvcache_block_size=16, tensor_parallel_size=2, **options) as llm:
+    with LLM(path, kvcache_block_size=16, **{"tensor_parallel_size": 2, **options}) as llm:
         got = [o["token_ids"] for o in llm.generate(prompts, GREEDY, use_tqdm=False)]
         if "num_kvcache_blocks" in options:
             assert llm.scheduler.num_preemptions > 0
@@ -49,8 +51,8 @@ def test_tp2_greedy_matches_transformers(preset, options):
 def test_bad_sizes_are_refused_before_any_process_starts():
     with pytest.raises(ValueError, match=r"tensor_parallel_size=3 must divide the model's num_attention_heads \(4\)"):
         LLM(ensure_checkpoint("tiny"), tensor_parallel_size=3)
-    with pytest.raises(ValueError, match=r"num_key_value_heads \(1\)"):
-        LLM(ensure_checkpoint("llama-tiny"), tensor_parallel_size=2)
+    with pytest.raises(ValueError, match=r"num_key_value_heads \(2\): one must divide the other"):
+        LLM(ensure_checkpoint("qwen2-tiny"), tensor_parallel_size=3)
     _nothing_left()
 
 

@@ -32,10 +32,14 @@ def check_tensor_parallel(hf_config, n: int) -> None:
     """ValueError naming what does not divide, or the GPUs missing, before any process starts."""
     if torch.cuda.is_available() and n > torch.cuda.device_count():
         raise ValueError(f"tensor_parallel_size={n} but only {torch.cuda.device_count()} GPUs are visible")
-    for name in ("num_attention_heads", "num_key_value_heads", "intermediate_size"):
+    for name in ("num_attention_heads", "intermediate_size"):
         value = getattr(hf_config, name)
         if value % n:
             raise ValueError(f"tensor_parallel_size={n} must divide the model's {name} ({value})")
+    kv = hf_config.num_key_value_heads
+    if kv % n and n % kv:  # fewer KV heads than ranks: each is replicated on n / kv ranks
+        raise ValueError(f"tensor_parallel_size={n} and the model's num_key_value_heads ({kv}): one must "
+                         f"divide the other")
 
 
 def _worker(rank: int, world_size: int, init_method: str, config: EngineConfig) -> None:

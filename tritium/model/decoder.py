@@ -21,8 +21,8 @@ from tritium.kernels.rmsnorm import add_rms_norm, rms_norm
 from tritium.kernels.rope import apply_rope, qk_norm_rope, rope_cos_sin
 from tritium.kernels.rope import rope_inv_freq as default_inv_freq
 from tritium.model.attention import Attention, AttentionMetadata
-from tritium.model.layers import (PackedColumnLinear, ParallelLMHead, RowParallelLinear, VocabParallelEmbedding,
-                                  qkv_linear, tp_rank_and_size)
+from tritium.model.layers import (PackedColumnLinear, ParallelLMHead, QKVParallelLinear, RowParallelLinear,
+                                  VocabParallelEmbedding, local_kv_heads, tp_rank_and_size)
 
 
 @dataclass(frozen=True)
@@ -57,10 +57,10 @@ class DecoderAttention(nn.Module):
         super().__init__()
         _, tp = tp_rank_and_size()
         self.head_dim = d = head_dim(cfg)
+        self.qkv_proj = QKVParallelLinear(cfg.hidden_size, d, cfg.num_attention_heads, cfg.num_key_value_heads,
+                                          bias=spec.qkv_bias)
         self.num_heads = cfg.num_attention_heads // tp
-        self.num_kv_heads = cfg.num_key_value_heads // tp  # tp divides it (engine.executor checks)
-        self.qkv_proj = qkv_linear(cfg.hidden_size, d, cfg.num_attention_heads, cfg.num_key_value_heads,
-                                   bias=spec.qkv_bias)
+        self.num_kv_heads = local_kv_heads(cfg.num_key_value_heads, tp)[0]
         self.o_proj = RowParallelLinear(cfg.num_attention_heads * d, cfg.hidden_size, bias=spec.o_bias)
         if spec.qk_norm:
             self.q_norm = RMSNorm(d, cfg.rms_norm_eps)

@@ -110,9 +110,44 @@ class PackedColumnLinear(ColumnParallelLinear):
         default_weight_loader(param.data.narrow(0, offset, size), loaded)
 
 
-def qkv_linear(hidden: int, head_dim: int, num_heads: int, num_kv_heads: int, bias: bool = False):
-    return PackedColumnLinear(hidden, {"q": num_heads * head_dim, "k": num_kv_heads * head_dim,
-                                       "v": num_kv_heads * head_dim}, bias=bias)
+def local_kv_heads(num_kv_heads: int, tp_size: int) -> tuple[int, int]:
+    """(KV heads each rank holds, tp_size ranks per KV head): split when tp_size divides the KV heads,
+    one head replicated on tp_size / num_kv_heads ranks when num_kv_heads divides tp_size."""
+    if num_kv_heads % tp_size == 0:
+        return num_kv_heads // tp_size, 1
+    if tp_size % num_kv_heads == 0:
+        return 1, tp_size // num_kv_heads
+    raise ValueError(f"tensor parallel size {tp_size} and num_key_value_heads={num_kv_heads}: one must divide "
+                     f"the other")
+
+
+class QKVParallelLinear(LinearBase):
+    """q, k, v projections in one matmul, split by heads: each rank holds num_heads / N query heads [q | k | v]
+    and its KV heads (see local_kv_heads), so a rank's queries always find their KV heads locally."""
+
+    def __init__(self, hidden: int, head_dim: int, num_heads: int, num_kv_heads: int, bias: bool = False):
+        rank, tp = tp_rank_and_size()
+        self.head_dim, self.full_heads = head_dim, {"q": num_heads, "k": num_kv_heads, "v": num_kv_heads}
+        q_local = _divide(num_heads, tp, "num_attention_heads")
+        kv_local, share = local_kv_heads(num_kv_heads, tp)
+        kv_start = rank // share * kv_local
+        # shard id -> (first checkpoint head, heads, first local head)
+        self.layout = {"q": (rank * q_local, q_local, 0), "k": (kv_start, kv_local, q_local),
+                       "v": (kv_start, kv_local, q_local + kv_local)}
+        super().__init__(hidden, (q_local + 2 * kv_local) * head_dim, tp_dim=None, bias=bias)
+        self.weight.weight_loader = self.weight_loader
+        if self.bias is not None:
+            self.bias.weight_loader = self.weight_loader
+
+    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id=None) -> None:
+        if shard_id not in self.layout:
+            raise ValueError(f"unknown packed shard {shard_id!r}; expected one of {list(self.layout)}")
+        d = self.head_dim
+        if loaded.shape[0] != self.full_heads[shard_id] * d:
+            raise ValueError(f"shape mismatch for shard {shard_id!r}: checkpoint {tuple(loaded.shape)}, "
+                             f"expected {self.full_heads[shard_id] * d} rows")
+        first, n, local = self.layout[shard_id]
+        default_weight_loader(param.data.narrow(0, local * d, n * d), loaded.narrow(0, first * d, n * d))
 
 
 class VocabParallelEmbedding(nn.Module):
