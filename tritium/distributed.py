@@ -23,13 +23,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def init(rank: int, world_size: int, init_method: str) -> torch.device:
-    """Join the group; returns this rank's device (cuda:rank on a GPU machine, else the CPU)."""
+def launched_by_torchrun() -> bool:
+    return "TORCHELASTIC_RUN_ID" in os.environ or {"RANK", "WORLD_SIZE", "LOCAL_RANK"} <= set(os.environ)
+
+
+def init_from_env() -> torch.device:
+    """Join the group torchrun describes (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT)."""
+    return init(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), "env://", int(os.environ["LOCAL_RANK"]))
+
+
+def init(rank: int, world_size: int, init_method: str, local_rank: int | None = None) -> torch.device:
+    """Join the group; returns this rank's device (cuda:local_rank on a GPU machine, else the CPU)."""
     global _control
     os.environ.setdefault("NCCL_NVLS_ENABLE", "0")  # NVLink multicast stays off on the lent machines
     if torch.cuda.is_available():
-        torch.cuda.set_device(rank)
-        device = torch.device("cuda", rank)
+        local = rank if local_rank is None else local_rank
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
         dist.init_process_group("nccl", init_method=init_method, rank=rank, world_size=world_size,
                                 timeout=TIMEOUT, device_id=device)
     else:

@@ -76,3 +76,26 @@ def test_create_and_exit_five_times_leaks_nothing():
         with LLM(path, kvcache_block_size=16, tensor_parallel_size=2) as llm:
             assert len(llm.generate([[4, 5, 6]], SamplingParams(temperature=0, max_tokens=2), use_tqdm=False)) == 1
         _nothing_left()
+
+
+def test_torchrun_ranks_run_the_same_script(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from engine.torchrun_generate import PROMPTS
+    from tritium.distributed import free_port
+
+    path = ensure_checkpoint("tiny")
+    script = Path(__file__).with_name("torchrun_generate.py")
+    out = tmp_path / "tokens.json"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(free_port()),
+           str(script), str(path), str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    with LLM(path, kvcache_block_size=16) as llm:
+        want = [o["token_ids"] for o in llm.generate(PROMPTS, SamplingParams(temperature=0, max_tokens=10,
+                                                                              ignore_eos=True), use_tqdm=False)]
+    assert json.loads(out.read_text()) == want

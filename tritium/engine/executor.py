@@ -10,11 +10,15 @@ without another message. A plan of None tells the workers to stop.
 Failures end in an error on rank 0, not a hang: a worker that dies closes its sockets, which fails rank 0's
 next collective; rank 0 also checks that every worker is alive before each step. `close` (LLM.exit, the
 context manager, interpreter exit) stops the workers, and kills those that do not stop in time.
+
+Under torchrun (one process per GPU, possibly on several machines, the group from the environment) no
+worker is spawned: every rank runs the user's script, see TorchrunExecutor.
 """
 from __future__ import annotations
 
 import atexit
 import multiprocessing as mp
+import os
 import traceback
 import weakref
 
@@ -118,6 +122,41 @@ class TensorParallelExecutor:
                 w.kill()
             w.join(timeout=JOIN_S)
         self.workers = []
+
+
+class TorchrunExecutor:
+    """Under torchrun every rank runs the same script: the same requests, so the same deterministic schedule
+    and the same sampled ids on every rank, and no step message is needed. Each rank's LLM returns the
+    results; the script prints them on rank 0. (The server needs the spawned workers instead: its requests
+    arrive on one process only.)"""
+
+    def __init__(self, config: EngineConfig, hf_config):
+        n = int(os.environ["WORLD_SIZE"])
+        if n != config.tensor_parallel_size:
+            raise ValueError(f"torchrun started {n} processes but tensor_parallel_size={config.tensor_parallel_size}")
+        check_tensor_parallel(hf_config, n)
+        self.runner = ModelRunner(config, hf_config, distributed.init_from_env())
+        self.launch = self.runner.launch
+
+    def __getattr__(self, name):
+        if name == "runner":
+            raise AttributeError(name)
+        return getattr(self.runner, name)
+
+    def close(self) -> None:
+        if self.runner is not None:
+            self.runner.close()
+            self.runner = None
+            distributed.shutdown()
+
+
+def make_runner(config: EngineConfig, hf_config, device: torch.device):
+    """The model runner for the config: in-process (N=1), with spawned workers, or one rank of torchrun."""
+    if config.tensor_parallel_size == 1:
+        return ModelRunner(config, hf_config, device)
+    if distributed.launched_by_torchrun():
+        return TorchrunExecutor(config, hf_config)
+    return TensorParallelExecutor(config, hf_config)
 
 
 def _close_at_exit(ref) -> None:

@@ -34,8 +34,7 @@ class LLM:
     def __init__(self, model: str, **kwargs):
         from transformers import AutoTokenizer
 
-        from tritium.engine.executor import TensorParallelExecutor
-        from tritium.engine.model_runner import ModelRunner
+        from tritium.engine.executor import make_runner
         from tritium.model.loader import load_hf_config
 
         config = EngineConfig.from_kwargs(str(model), **kwargs)
@@ -44,10 +43,7 @@ class LLM:
         self.config = dataclasses.replace(config, max_model_len=max_len)
         self.tokenizer = AutoTokenizer.from_pretrained(config.model)
         platform.announce_cpu_mode()
-        if config.tensor_parallel_size == 1:
-            self.runner = ModelRunner(self.config, self.hf_config, platform.DEVICE)
-        else:
-            self.runner = TensorParallelExecutor(self.config, self.hf_config)
+        self.runner = make_runner(self.config, self.hf_config, platform.DEVICE)
         self.reset()
         if platform.HAS_CUDA:
             self.warm_up()
