@@ -118,6 +118,31 @@ def test_bad_engine_options(tiny_checkpoint, tmp_path):
         LLM(tmp_path / "missing")
 
 
+def test_a_failed_step_or_an_abandoned_stream_leaves_nothing_queued(tiny_checkpoint, prompts, reference,
+                                                                    monkeypatch):
+    with LLM(tiny_checkpoint, kvcache_block_size=16) as llm:
+        free = llm.scheduler.block_manager.num_free_blocks
+        real = llm.runner.launch
+        calls = []
+
+        def failing_third(batch):
+            calls.append(1)
+            if len(calls) == 3:
+                raise RuntimeError("step failed")
+            return real(batch)
+
+        monkeypatch.setattr(llm.runner, "launch", failing_third)
+        with pytest.raises(RuntimeError, match="step failed"):
+            llm.generate(prompts[:3], GREEDY, use_tqdm=False)
+        assert llm.scheduler.is_finished() and llm.scheduler.block_manager.num_free_blocks == free
+        monkeypatch.setattr(llm.runner, "launch", real)
+        events = llm.stream(prompts[:2], GREEDY)
+        next(events)
+        events.close()  # the consumer walks away after one token
+        assert llm.scheduler.is_finished() and llm.scheduler.block_manager.num_free_blocks == free
+        assert [o["token_ids"] for o in llm.generate(prompts[:3], GREEDY, use_tqdm=False)] == reference[:3]
+
+
 def test_incremental_api_stream_and_chat(tiny_checkpoint, prompts, reference):
     with LLM(tiny_checkpoint, kvcache_block_size=16) as llm:
         sid = llm.add_request(prompts[2], GREEDY)

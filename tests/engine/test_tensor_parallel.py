@@ -64,8 +64,25 @@ def test_a_killed_worker_fails_generate_quickly_and_leaves_nothing():
         llm.generate([[1, 2, 3]] * 4, SamplingParams(temperature=0, max_tokens=2000, ignore_eos=True),
                      use_tqdm=False)
     assert time.monotonic() - start < 30
-    with pytest.raises(RuntimeError, match="worker"):  # and it stays an error, not a hang
+    with pytest.raises(RuntimeError, match="worker|part-way"):  # and it stays an error, not a hang
         llm.generate([[1, 2, 3]], GREEDY, use_tqdm=False)
+    llm.exit()
+    _nothing_left()
+
+
+def test_a_step_failing_on_rank_0_ends_the_engine_instead_of_desynchronising_it(monkeypatch):
+    llm = LLM(ensure_checkpoint("tiny"), kvcache_block_size=16, tensor_parallel_size=2)
+
+    def fails(plan):  # after the workers got the plan: they are inside the step, rank 0 is not
+        raise RuntimeError("rank 0 failed")
+
+    monkeypatch.setattr(llm.runner.runner, "execute", fails)
+    with pytest.raises(RuntimeError, match="rank 0 failed"):
+        llm.generate([[1, 2, 3]], GREEDY, use_tqdm=False)
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match="part-way"):
+        llm.generate([[1, 2, 3]], GREEDY, use_tqdm=False)
+    assert time.monotonic() - start < 30
     llm.exit()
     _nothing_left()
 

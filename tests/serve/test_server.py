@@ -137,13 +137,41 @@ def test_bad_requests_get_error_json_and_the_server_keeps_serving(server, refere
         "token_ids"] == reference[0][2]["token_ids"]
 
 
-def test_malformed_json_bad_chat_and_unknown_routes(server):
+def test_malformed_json_bad_chat_and_unknown_routes(server, llm, monkeypatch):
+    from jinja2 import TemplateError
+
     port, _ = server
     assert request(port, "POST", "/v1/completions", raw=b"{not json")[0] == 400
     status, out = request(port, "POST", "/v1/chat/completions", {"messages": [{"role": "user"}]})
     assert status == 400 and "content" in out["error"]["message"]
+
+    def strict(*args, **kwargs):
+        raise TemplateError("Conversation roles must alternate user/assistant")
+
+    monkeypatch.setattr(llm.tokenizer, "apply_chat_template", strict)
+    status, out = request(port, "POST", "/v1/chat/completions", {"messages": CHATS[0]})
+    assert status == 400 and "roles must alternate" in out["error"]["message"]
     status, out = request(port, "GET", "/v1/nothing")
     assert status == 404 and out["error"]["type"] == "not_found_error"
+
+
+def test_a_failed_engine_step_fails_its_requests_and_the_server_recovers(server, llm, reference, monkeypatch):
+    port, _ = server
+    real = llm.runner.launch
+    failures = []
+
+    def fail_once(batch):
+        if not failures:
+            failures.append(1)
+            raise RuntimeError("injected step failure")
+        return real(batch)
+
+    monkeypatch.setattr(llm.runner, "launch", fail_once)
+    status, out = request(port, "POST", "/v1/completions", {**GREEDY, "prompt": PROMPTS[0]})
+    assert status == 500 and "injected step failure" in out["error"]["message"]
+    assert request(port, "GET", "/health")[0] == 200
+    status, out = request(port, "POST", "/v1/completions", {**GREEDY, "prompt": PROMPTS[1]})
+    assert status == 200 and out["choices"][0]["token_ids"] == reference[0][1]["token_ids"]
 
 
 def _engine_state(engine):

@@ -32,9 +32,9 @@ from tritium.engine.model_runner import ModelRunner, SampledTokens
 JOIN_S = 10
 
 
-def check_tensor_parallel(hf_config, n: int) -> None:
+def check_tensor_parallel(hf_config, n: int, one_host: bool = True) -> None:
     """ValueError naming what does not divide, or the GPUs missing, before any process starts."""
-    if torch.cuda.is_available() and n > torch.cuda.device_count():
+    if one_host and torch.cuda.is_available() and n > torch.cuda.device_count():
         raise ValueError(f"tensor_parallel_size={n} but only {torch.cuda.device_count()} GPUs are visible")
     for name in ("num_attention_heads", "intermediate_size"):
         value = getattr(hf_config, name)
@@ -74,6 +74,7 @@ class TensorParallelExecutor:
         for w in self.workers:
             w.start()
         self._in_step = False  # a step was sent but its collectives may not have finished (an error)
+        self.runner = None
         try:
             device = distributed.init(0, n, init_method)
             self.runner = ModelRunner(config, hf_config, device)
@@ -93,6 +94,9 @@ class TensorParallelExecutor:
             raise RuntimeError(f"tensor-parallel worker(s) exited: {dead}; the engine cannot continue")
 
     def launch(self, batch: ScheduledBatch) -> SampledTokens:
+        if self._in_step:  # the last step failed on rank 0 after the workers started it: they are out of step
+            self._kill()
+            raise RuntimeError("a tensor-parallel step failed part-way; the engine cannot continue (make a new LLM)")
         self._check_workers()
         plan = batch.plan()
         self._in_step = True
@@ -102,9 +106,9 @@ class TensorParallelExecutor:
         return tokens
 
     def close(self) -> None:
-        if not self.workers:
+        if self.runner is None:
             return
-        clean = not self._in_step and all(w.is_alive() for w in self.workers)
+        clean = bool(self.workers) and not self._in_step and all(w.is_alive() for w in self.workers)
         if clean:
             try:
                 distributed.broadcast(None)
@@ -114,6 +118,7 @@ class TensorParallelExecutor:
             w.join(timeout=JOIN_S if clean else 0.5)
         self._kill()
         self.runner.close()
+        self.runner = None
         distributed.shutdown()
 
     def _kill(self) -> None:
@@ -134,7 +139,7 @@ class TorchrunExecutor:
         n = int(os.environ["WORLD_SIZE"])
         if n != config.tensor_parallel_size:
             raise ValueError(f"torchrun started {n} processes but tensor_parallel_size={config.tensor_parallel_size}")
-        check_tensor_parallel(hf_config, n)
+        check_tensor_parallel(hf_config, n, one_host=False)  # the ranks may span machines
         self.runner = ModelRunner(config, hf_config, distributed.init_from_env())
         self.launch = self.runner.launch
 

@@ -179,16 +179,20 @@ class LLM:
         index = {sid: i for i, sid in enumerate(ids)}
         texts = {sid: IncrementalText(self.tokenizer) for sid in ids}
         pending = set(ids)
-        while pending:
-            for out in self.step():
-                if out.seq_id not in index:
-                    continue
-                delta = texts[out.seq_id].add(out.token_id, final=out.finished)
-                if out.finished:
-                    pending.discard(out.seq_id)
-                    self.release(out.seq_id)
-                yield {"index": index[out.seq_id], "token_id": out.token_id, "text": delta,
-                       "finished": out.finished}
+        try:
+            while pending:
+                for out in self.step():
+                    if out.seq_id not in index:
+                        continue
+                    delta = texts[out.seq_id].add(out.token_id, final=out.finished)
+                    if out.finished:
+                        pending.discard(out.seq_id)
+                        self.release(out.seq_id)
+                    yield {"index": index[out.seq_id], "token_id": out.token_id, "text": delta,
+                           "finished": out.finished}
+        finally:  # a consumer that stops early, or a failed step: nothing of this call stays queued
+            for sid in pending:
+                self.abort(sid)
 
     def generate(self, prompts, sampling_params=None, use_tqdm: bool = True) -> list[dict]:
         """Run prompts (strings or token-id lists) to completion; results in submission order."""
@@ -200,16 +204,22 @@ class LLM:
 
             bar = tqdm(total=len(ids), desc="Generating", dynamic_ncols=True)
         start, produced = time.perf_counter(), 0
-        while pending:
-            outs = self.step()
-            produced += len(outs)
-            done = [o.seq_id for o in outs if o.finished and o.seq_id in pending]
-            pending.difference_update(done)
+        try:
+            while pending:
+                outs = self.step()
+                produced += len(outs)
+                done = [o.seq_id for o in outs if o.finished and o.seq_id in pending]
+                pending.difference_update(done)
+                if bar is not None:
+                    bar.set_postfix(output=f"{produced / max(time.perf_counter() - start, 1e-9):.0f}tok/s")
+                    bar.update(len(done))
+        except BaseException:  # a failed step (or Ctrl-C): this call's requests leave the engine
+            for sid in ids:
+                self.abort(sid)
+            raise
+        finally:
             if bar is not None:
-                bar.set_postfix(output=f"{produced / max(time.perf_counter() - start, 1e-9):.0f}tok/s")
-                bar.update(len(done))
-        if bar is not None:
-            bar.close()
+                bar.close()
         results = [self.result(sid) for sid in ids]
         for sid in ids:
             self.release(sid)

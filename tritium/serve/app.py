@@ -89,7 +89,17 @@ def _sse(data) -> str:
     return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
 
 
+def refuse_torchrun() -> None:
+    """Under torchrun every rank would serve its own clients, and the ranks' schedules would part."""
+    from tritium.distributed import launched_by_torchrun
+
+    if launched_by_torchrun():
+        raise ValueError("the server runs its tensor-parallel workers itself: start it with "
+                         "`python -m tritium serve --tensor-parallel-size N`, not under torchrun")
+
+
 def create_app(llm: LLM, model_name: str) -> Starlette:
+    refuse_torchrun()
     loop: asyncio.AbstractEventLoop | None = None  # the server's, known once it starts
 
     def dispatch(items) -> None:
@@ -103,7 +113,12 @@ def create_app(llm: LLM, model_name: str) -> Starlette:
     tokenizer = llm.tokenizer
 
     def chat_template(messages):
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        from jinja2 import TemplateError
+
+        try:
+            return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        except TemplateError as e:  # e.g. roles that do not alternate: the client's mistake
+            raise ValueError(f"the chat template rejected the messages: {e}") from None
 
     async def generate(request: Request, chat: bool) -> Response:
         try:
@@ -166,6 +181,8 @@ def create_app(llm: LLM, model_name: str) -> Starlette:
         return JSONResponse({"object": "list", "data": [card]})
 
     async def health(request: Request) -> Response:
+        if not engine.alive:
+            return JSONResponse({"status": "error", "error": str(engine.failure)}, status_code=503)
         return JSONResponse({"status": "ok"})
 
     async def api_error(request: Request, exc: APIError) -> Response:

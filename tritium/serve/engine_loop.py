@@ -28,17 +28,22 @@ class EngineLoop:
         self._wake = threading.Event()
         self._owners: dict[int, object] = {}  # seq id -> whose request it is
         self._closing = False
+        self.failure: BaseException | None = None  # what stopped the thread, if anything did
         self._thread = threading.Thread(target=self._run, name="tritium-engine", daemon=True)
         self._thread.start()
 
     # ---- called from any thread ----------------------------------------------------------------------
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive() and self.failure is None
+
     def call(self, fn: Callable[[LLM], object]) -> Future:
         """Run fn(llm) on the engine thread between steps; its result (or exception) lands in the future."""
-        if self._closing:
-            raise RuntimeError("the engine loop is closed")
         fut: Future = Future()
         self._inbox.put((fn, fut))
         self._wake.set()
+        if not self.alive or self._closing:  # nobody will take it: fail it (and anything else left) now
+            self._fail_queued(RuntimeError(f"the engine loop has stopped: {self.failure or 'closed'}"))
         return fut
 
     def submit(self, prompts: list[list[int]], params: list[SamplingParams], owner) -> Future:
@@ -62,6 +67,15 @@ class EngineLoop:
         self._wake.set()
         self._thread.join(timeout=30)
 
+    def _fail_queued(self, error: BaseException) -> None:
+        while True:
+            try:
+                _, fut = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            if fut.set_running_or_notify_cancel():
+                fut.set_exception(error)
+
     # ---- the engine thread ---------------------------------------------------------------------------
     def _drain(self) -> None:
         while True:
@@ -77,6 +91,16 @@ class EngineLoop:
                 fut.set_exception(e)
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as e:  # the thread is gone: every request waiting on it must hear so
+            self.failure = e
+            try:
+                self.deliver([(owner, e) for owner in set(self._owners.values())])
+            finally:
+                self._fail_queued(RuntimeError(f"the engine loop has stopped: {e}"))
+
+    def _loop(self) -> None:
         while not self._closing:
             self._drain()
             if self.llm.is_finished():

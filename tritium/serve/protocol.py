@@ -20,7 +20,7 @@ from tritium.engine.sampling_params import SamplingParams
 COMPLETION_MAX_TOKENS = 16  # OpenAI's default for /v1/completions; chat fills the context by default
 MAX_N = 64
 # name -> the value that means "not used"
-UNSUPPORTED = {"logprobs": (None, False, 0), "top_logprobs": (None, 0), "echo": (None, False), "suffix": (None,),
+UNSUPPORTED = {"logprobs": (None, False), "top_logprobs": (None, 0), "echo": (None, False), "suffix": (None,),
                "frequency_penalty": (None, 0), "presence_penalty": (None, 0), "repetition_penalty": (None, 1),
                "logit_bias": (None, {}), "best_of": (None, 1), "tools": (None, []), "response_format": (None,)}
 
