@@ -3,6 +3,7 @@
 GPU: synthetic Qwen3-0.6B, 256 requests, seed 0, prompts of randint(100, 1024) random ids in [0, 10000],
 max_tokens randint(100, 1024), temperature 0.6, ignore_eos, max_model_len 4096 (133,966 output tokens).
 CPU: the `tiny` preset and a reduced workload through the interpreter (a smoke run, not a measurement).
+`--peer transformers` then runs transformers' continuous batching on the same requests and prints the ratio.
 Prints output tokens, seconds and tok/s, and writes JSON under benchmarks/results/<gpu>/, with the engine's
 start-up time (which compiles and tunes every kernel shape), the tuning tables the kernels started from, and
 how many kernel keys were tuned and kernel variants compiled inside the timed run (both should be 0).
@@ -16,7 +17,9 @@ from pathlib import Path
 from random import randint, seed
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+# The repo root, not this script's folder: benchmarks/kernels would shadow the `kernels` package that
+# transformers probes for when it builds a model (the peer run).
+sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 from tritium import LLM, SamplingParams  # noqa: E402
 from tritium.autotune import compiles, tables  # noqa: E402
@@ -39,6 +42,7 @@ def main():
     ap.add_argument("--num-seqs", type=int, default=256 if HAS_CUDA else 4)
     ap.add_argument("--enforce-eager", action="store_true")
     ap.add_argument("--tensor-parallel-size", type=int, default=1)
+    ap.add_argument("--peer", choices=["transformers"], help="also run a peer engine on the same requests")
     args = ap.parse_args()
     model = args.model or str(ensure_checkpoint(args.preset))
     if HAS_CUDA:
@@ -66,6 +70,7 @@ def main():
     print(f"start-up built {built} kernel variants:", ", ".join(f"{k} {n}" for k, n in at_startup.most_common()))
     for variant in compiles.built_since(built):
         print("  compiled in the run:", variant)
+    llm.exit()  # its memory goes back before a peer loads the model
     result = {"date": time.strftime("%Y-%m-%d"), "model": args.model or args.preset, "requests": len(prompts),
               "prompt_tokens": prompt_tokens, "output_tokens": out_tokens, "seconds": elapsed,
               "output_tok_per_s": out_tokens / elapsed, "enforce_eager": args.enforce_eager,
@@ -73,6 +78,16 @@ def main():
               "preemptions": llm.scheduler.num_preemptions,
               "startup_s": startup, "tuning_tables": table, "keys_tuned_in_run": tuned_in_run,
               "kernels_compiled_in_run": built_in_run, "compiled_in_run": compiles.built_since(built)}
+    if args.peer:
+        from benchmarks.peer import transformers_continuous_batching
+
+        peer_tokens, peer_s = transformers_continuous_batching(model, prompts, params, "cuda" if HAS_CUDA else "cpu")
+        assert peer_tokens == out_tokens, (peer_tokens, out_tokens)
+        ratio = (out_tokens / elapsed) / (peer_tokens / peer_s)
+        print(f"peer transformers (continuous batching, paged|sdpa): {peer_tokens / peer_s:.0f} tok/s "
+              f"({peer_s:.2f} s); tritium / peer = {ratio:.1f}x")
+        result.update(peer="transformers", peer_seconds=peer_s, peer_tok_per_s=peer_tokens / peer_s,
+                      over_peer=ratio)
     if HAS_CUDA:
         import torch
 
@@ -82,7 +97,6 @@ def main():
         path = ROOT / "benchmarks" / "results" / gpu_name() / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result, indent=1))
-    llm.exit()
 
 
 if __name__ == "__main__":
