@@ -159,5 +159,18 @@ def test_incremental_api_stream_and_chat(tiny_checkpoint, prompts, reference):
                         use_tqdm=False)
         templ = llm.tokenizer.apply_chat_template([{"role": "user", "content": "Hello!"}], tokenize=False,
                                                   add_generation_prompt=True)
-        direct = llm.generate([templ], SamplingParams(temperature=0, max_tokens=4), use_tqdm=False)
+        ids = llm.tokenizer.encode(templ, add_special_tokens=False)  # the template wrote the special tokens
+        direct = llm.generate([ids], SamplingParams(temperature=0, max_tokens=4), use_tqdm=False)
         assert chat[0]["token_ids"] == direct[0]["token_ids"] and len(chat[0]["token_ids"]) >= 1
+
+
+def test_text_prompts_get_the_tokenizers_special_tokens_chat_prompts_only_the_templates(tiny_checkpoint,
+                                                                                         monkeypatch):
+    """A Llama tokenizer prepends BOS to text; a chat template writes its own, so none may be added twice."""
+    with LLM(tiny_checkpoint, kvcache_block_size=16) as llm:
+        real, flags = llm.tokenizer.encode, []
+        monkeypatch.setattr(llm.tokenizer, "encode",
+                            lambda text, **kw: flags.append(kw.get("add_special_tokens", True)) or real(text, **kw))
+        assert llm.encode_prompt("Hello there") == real("Hello there")
+        llm.chat_prompt([{"role": "user", "content": "Hello there"}])
+        assert flags == [True, False]

@@ -82,9 +82,10 @@ class LLM:
 
     # ---- requests ------------------------------------------------------------------------------------
     def encode_prompt(self, prompt) -> list[int]:
-        """Token ids of a prompt (text, encoded without special tokens, or token ids); ValueError if bad."""
+        """Token ids of a prompt: text encoded as the tokenizer does (with its BOS, where it adds one), or
+        token ids as given; ValueError if bad."""
         if isinstance(prompt, str):
-            ids = self.tokenizer.encode(prompt, add_special_tokens=False)
+            ids = self.tokenizer.encode(prompt)
         elif isinstance(prompt, Seq) and all(isinstance(t, numbers.Integral) for t in prompt):
             ids = [int(t) for t in prompt]
             vocab = self.hf_config.vocab_size
@@ -229,9 +230,18 @@ class LLM:
         """conversations: one list of {"role", "content"} messages, or a list of them."""
         if conversations and isinstance(conversations[0], dict):
             conversations = [conversations]
-        prompts = [self.tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
-                   for c in conversations]
-        return self.generate(prompts, sampling_params, use_tqdm)
+        return self.generate([self.chat_prompt(c) for c in conversations], sampling_params, use_tqdm)
+
+    def chat_prompt(self, messages) -> list[int]:
+        """Token ids of a conversation in the checkpoint's chat template, ready for the assistant's turn (the
+        template writes its own special tokens, so none is added). ValueError if the template refuses it."""
+        from jinja2 import TemplateError
+
+        try:
+            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        except TemplateError as e:  # e.g. roles that do not alternate
+            raise ValueError(f"the chat template rejected the messages: {e}") from None
+        return self.tokenizer.encode(text, add_special_tokens=False)
 
     # ---- lifetime ------------------------------------------------------------------------------------
     def exit(self) -> None:

@@ -112,21 +112,13 @@ def create_app(llm: LLM, model_name: str) -> Starlette:
     engine = EngineLoop(llm, deliver)
     tokenizer = llm.tokenizer
 
-    def chat_template(messages):
-        from jinja2 import TemplateError
-
-        try:
-            return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        except TemplateError as e:  # e.g. roles that do not alternate: the client's mistake
-            raise ValueError(f"the chat template rejected the messages: {e}") from None
-
     async def generate(request: Request, chat: bool) -> Response:
         try:
             body = json.loads(await request.body())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise APIError(400, f"the request body is not valid JSON: {e}") from None
         req = parse_request(body, chat=chat, model_name=model_name, max_model_len=llm.config.max_model_len,
-                            encode=llm.encode_prompt, chat_template=chat_template)
+                            encode=llm.encode_prompt, encode_chat=llm.chat_prompt)
         run = _Run(engine, req, tokenizer)
         await run.start()
         rid = new_id(chat)

@@ -62,7 +62,7 @@ def _flag(body: dict, name: str) -> bool:
     return value
 
 
-def _prompts(body: dict, chat: bool, encode, chat_template) -> list[list[int]]:
+def _prompts(body: dict, chat: bool, encode, encode_chat) -> list[list[int]]:
     """The distinct prompts as token ids."""
     if chat:
         messages = body.get("messages")
@@ -79,7 +79,7 @@ def _prompts(body: dict, chat: bool, encode, chat_template) -> list[list[int]]:
                 m["content"] = "".join(p["text"] for p in content)
             elif not isinstance(content, str):
                 raise _bad("each message needs a string 'content'", "messages")
-        return [encode(chat_template(messages))]
+        return [encode_chat(messages)]
     prompt = body.get("prompt")
     if isinstance(prompt, str) or (isinstance(prompt, list) and prompt and all(_is_int(t) for t in prompt)):
         prompt = [prompt]
@@ -102,9 +102,9 @@ def _stops(body: dict) -> tuple[tuple[str, ...], list[int]]:
     return tuple(s for s in stop if isinstance(s, str)), [t for t in stop if _is_int(t)] + ids
 
 
-def parse_request(body, *, chat: bool, model_name: str, max_model_len: int, encode, chat_template=None
+def parse_request(body, *, chat: bool, model_name: str, max_model_len: int, encode, encode_chat=None
                   ) -> GenerationRequest:
-    """encode(str | list[int]) -> token ids (ValueError on a bad one); chat_template(messages) -> str."""
+    """encode(str | list[int]) and encode_chat(messages) -> token ids (ValueError on bad input)."""
     if not isinstance(body, dict):
         raise _bad("the request body must be a JSON object")
     model = body.get("model", model_name)
@@ -118,7 +118,7 @@ def parse_request(body, *, chat: bool, model_name: str, max_model_len: int, enco
     if not _is_int(n) or not 1 <= n <= MAX_N:
         raise _bad(f"'n' must be an integer in [1, {MAX_N}], got {n!r}", "n")
     try:
-        prompts = _prompts(body, chat, encode, chat_template)
+        prompts = _prompts(body, chat, encode, encode_chat)
     except ValueError as e:
         raise _bad(str(e), "messages" if chat else "prompt") from None
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens")) if chat else body.get("max_tokens")
