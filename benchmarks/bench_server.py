@@ -1,16 +1,19 @@
 """Server load: concurrent streaming clients against `python -m tritium serve`, beside LLM.generate on the
 same prompts and sampling settings.
 
-The server runs in its own process; each client thread sends /v1/completions requests (prompt token ids,
-stream: true) one after another until the requests run out. Reported: output tok/s of the server (wall clock,
-first request sent to last token received) and of LLM.generate, their ratio (the server's overhead); time to
-first token and inter-token latency (gaps between a request's streamed events) at p50/p90/p99.
+The server runs in its own process (its engine in another); the clients are threads spread over a few processes
+(so that reading the streams does not limit the server), each sending /v1/completions requests (prompt token
+ids, stream: true) one after another until the requests run out. Reported: output tok/s of the server (wall
+clock, first request sent to last token received) and of LLM.generate, their ratio (the server's overhead);
+time to first token and inter-token latency (gaps between a request's streamed events; an event carries
+several tokens when its stream fell behind) at p50/p90/p99.
 GPU: the bench.py workload (256 requests) with 256 clients; CPU: the tiny preset and a few short requests.
 `python benchmarks/bench_server.py [--clients N] [--num-seqs N]`; writes benchmarks/results/<gpu>/server.json.
 """
 import argparse
 import http.client
 import json
+import multiprocessing as mp
 import os
 import queue
 import statistics
@@ -75,9 +78,10 @@ def percentiles(xs) -> dict:
     return {"p50": qs[49], "p90": qs[89], "p99": qs[98]}
 
 
-def run_clients(port: int, prompts, params, clients: int) -> list[dict]:
+def _client_process(port: int, items, clients: int) -> list[dict]:
+    """`clients` threads of one process sending `items` ((prompt, params) pairs) one after another."""
     work: queue.SimpleQueue = queue.SimpleQueue()
-    for item in zip(prompts, params):
+    for item in items:
         work.put(item)
     results, lock = [], threading.Lock()
 
@@ -99,11 +103,21 @@ def run_clients(port: int, prompts, params, clients: int) -> list[dict]:
     return results
 
 
+def run_clients(port: int, prompts, params, clients: int, processes: int) -> list[dict]:
+    """The clients spread over processes, so that reading the streams is not what limits the server."""
+    processes = max(1, min(processes, clients))
+    items = list(zip(prompts, params))
+    jobs = [(port, items[k::processes], len(range(k, clients, processes))) for k in range(processes)]
+    with mp.get_context("fork").Pool(processes) as pool:  # before this process touches CUDA
+        return [r for part in pool.starmap(_client_process, jobs) for r in part]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--preset", default="qwen3-0.6b" if HAS_CUDA else "tiny")
     ap.add_argument("--num-seqs", type=int, default=256 if HAS_CUDA else 4)
     ap.add_argument("--clients", type=int, default=None, help="concurrent clients (default: one per request)")
+    ap.add_argument("--client-processes", type=int, default=8 if HAS_CUDA else 2)
     ap.add_argument("--port", type=int, default=8765)
     args = ap.parse_args()
     model = str(ensure_checkpoint(args.preset))
@@ -115,7 +129,7 @@ def main():
     server = start_server(model, args.port, block)
     startup = time.perf_counter() - t0
     try:
-        res = run_clients(args.port, prompts, params, clients)
+        res = run_clients(args.port, prompts, params, clients, args.client_processes)
     finally:
         server.terminate()
         server.wait(timeout=60)
@@ -131,7 +145,7 @@ def main():
         gen_s = time.perf_counter() - start
     assert sum(len(o["token_ids"]) for o in outs) == tokens
     result = {"date": time.strftime("%Y-%m-%d"), "model": args.preset, "requests": len(prompts),
-              "clients": clients, "output_tokens": tokens, "server_startup_s": startup,
+              "clients": clients, "client_processes": args.client_processes, "output_tokens": tokens, "server_startup_s": startup,
               "server_s": wall, "server_tok_per_s": tokens / wall, "generate_s": gen_s,
               "generate_tok_per_s": tokens / gen_s, "server_over_generate": (tokens / wall) / (tokens / gen_s),
               "ttft_ms": {k: v * 1e3 for k, v in percentiles(ttft).items()},

@@ -50,13 +50,11 @@ def _generate(args) -> int:
 
 def _serve(args) -> int:
     try:
-        from tritium.serve.app import refuse_torchrun, serve
+        from tritium.serve.app import serve
     except ImportError as e:
         print(f"error: the server needs the serve extra (pip install 'tritium[serve]'): {e}", file=sys.stderr)
         return 2
-    refuse_torchrun()
-    with LLM(args.model, **_engine_options(args)) as llm:
-        serve(llm, args.served_model_name or args.model, host=args.host, port=args.port)
+    serve(args.model, _engine_options(args), args.served_model_name or args.model, host=args.host, port=args.port)
     return 0
 
 

@@ -17,11 +17,20 @@ def free_port() -> int:
 
 @contextmanager
 def running_server(llm, model_name="tiny"):
+    """The app over an EngineLoop of llm (this process's LLM); yields (port, engine)."""
+    from tritium.serve.app import create_app
+    from tritium.serve.engine_loop import EngineLoop
+
+    app = create_app(EngineLoop(llm), model_name, llm.prompts, llm.config.max_model_len)
+    with running_app(app) as port:
+        yield port, app.state.engine
+
+
+@contextmanager
+def running_app(app):
+    """uvicorn serving app on a free local port in a background thread; yields the port."""
     import uvicorn
 
-    from tritium.serve.app import create_app
-
-    app = create_app(llm, model_name)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -32,7 +41,7 @@ def running_server(llm, model_name="tiny"):
             raise RuntimeError("the server did not start")
         time.sleep(0.05)
     try:
-        yield port, app.state.engine
+        yield port
     finally:
         server.should_exit = True
         thread.join(timeout=30)

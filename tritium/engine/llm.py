@@ -12,11 +12,12 @@ import numbers
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence as Seq
+from typing import Iterator
 
 from tritium import platform
 from tritium.engine.config import EngineConfig
 from tritium.engine.detokenize import IncrementalText
+from tritium.engine.prompts import PromptEncoder
 from tritium.engine.sampling_params import SamplingParams
 from tritium.engine.scheduler import Scheduler
 from tritium.engine.sequence import Sequence
@@ -42,6 +43,7 @@ class LLM:
         max_len = min(config.max_model_len, self.hf_config.max_position_embeddings)
         self.config = dataclasses.replace(config, max_model_len=max_len)
         self.tokenizer = AutoTokenizer.from_pretrained(config.model)
+        self.prompts = PromptEncoder(self.tokenizer, self.hf_config.vocab_size)
         platform.announce_cpu_mode()
         self.runner = make_runner(self.config, self.hf_config, platform.DEVICE)
         self.reset()
@@ -82,21 +84,8 @@ class LLM:
 
     # ---- requests ------------------------------------------------------------------------------------
     def encode_prompt(self, prompt) -> list[int]:
-        """Token ids of a prompt: text encoded as the tokenizer does (with its BOS, where it adds one), or
-        token ids as given; ValueError if bad."""
-        if isinstance(prompt, str):
-            ids = self.tokenizer.encode(prompt)
-        elif isinstance(prompt, Seq) and all(isinstance(t, numbers.Integral) for t in prompt):
-            ids = [int(t) for t in prompt]
-            vocab = self.hf_config.vocab_size
-            bad = [t for t in ids if not 0 <= t < vocab]
-            if bad:
-                raise ValueError(f"token ids {bad[:5]} are outside the vocabulary [0, {vocab})")
-        else:
-            raise ValueError(f"a prompt must be a str or a list of int token ids, got {type(prompt).__name__}")
-        if not ids:
-            raise ValueError("empty prompt: a request needs at least one token")
-        return ids
+        """Token ids of a prompt (text or token ids); ValueError if bad (tritium.engine.prompts)."""
+        return self.prompts.encode(prompt)
 
     def _make_seqs(self, prompts, sampling_params) -> list[Sequence]:
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], numbers.Integral)):
@@ -233,15 +222,8 @@ class LLM:
         return self.generate([self.chat_prompt(c) for c in conversations], sampling_params, use_tqdm)
 
     def chat_prompt(self, messages) -> list[int]:
-        """Token ids of a conversation in the checkpoint's chat template, ready for the assistant's turn (the
-        template writes its own special tokens, so none is added). ValueError if the template refuses it."""
-        from jinja2 import TemplateError
-
-        try:
-            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        except TemplateError as e:  # e.g. roles that do not alternate
-            raise ValueError(f"the chat template rejected the messages: {e}") from None
-        return self.tokenizer.encode(text, add_special_tokens=False)
+        """Token ids of a conversation in the checkpoint's chat template, ready for the assistant's turn."""
+        return self.prompts.chat(messages)
 
     # ---- lifetime ------------------------------------------------------------------------------------
     def exit(self) -> None:

@@ -1,6 +1,7 @@
-"""The HTTP server: Starlette routes over one EngineLoop, run by uvicorn.
+"""The HTTP server: Starlette routes over one engine, run by uvicorn.
 
-Each request submits its choices to the engine loop, whose thread hands each step's new tokens to the event
+The engine is an EngineProcess (`serve`: the engine in a process of its own) or an EngineLoop (an LLM of this
+process, on a thread). Each request submits its choices to it; it hands each step's new tokens to the event
 loop in one call (`deliver`), where they are detokenized (stop strings applied) and streamed as server-sent events
 or gathered into one JSON body. A request whose client goes away is aborted, which frees its KV blocks.
 """
@@ -17,8 +18,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from tritium.engine.detokenize import IncrementalText
-from tritium.engine.llm import LLM
-from tritium.serve.engine_loop import EngineLoop
+from tritium.engine.prompts import PromptEncoder
 from tritium.serve.protocol import (APIError, GenerationRequest, chunk_body, new_id, parse_request,
                                     response_body, usage_chunk)
 
@@ -28,7 +28,7 @@ DISCONNECT_POLL_S = 0.5
 class _Run:
     """One HTTP request's choices in the engine: tokens arrive on the event loop, leave as text pieces."""
 
-    def __init__(self, engine: EngineLoop, req: GenerationRequest, tokenizer):
+    def __init__(self, engine, req: GenerationRequest, tokenizer):
         self.engine, self.req = engine, req
         self.texts = [IncrementalText(tokenizer, req.stop) for _ in req.prompts]
         self.finish: list[str | None] = [None] * len(req.prompts)
@@ -43,23 +43,30 @@ class _Run:
         self._index = {sid: i for i, sid in enumerate(self.seq_ids)}
 
     async def pieces(self):
-        """Yield (choice index, new text, its token ids, finish reason or None) until every choice ends."""
+        """Yield (choice index, new text, its token ids, finish reason or None) until every choice ends. What
+        arrived while the stream was busy is taken together: one piece per choice, however many tokens."""
         while None in self.finish:
-            out = await self.queue.get()
-            if isinstance(out, BaseException):
-                raise APIError(500, f"the engine failed: {out}", type="server_error")
-            i = self._index[out.seq_id]
-            if self.finish[i] is not None:
-                continue  # a token computed after the choice hit a stop string
-            text = self.texts[i]
-            before = len(text.token_ids)
-            delta = text.add(out.token_id, final=out.finished)
-            if text.stopped:
-                self.finish[i] = "stop"
-                self.engine.abort([out.seq_id])
-            elif out.finished:
-                self.finish[i] = out.finish_reason
-            yield i, delta, text.token_ids[before:], self.finish[i]
+            outs = [await self.queue.get()]
+            while not self.queue.empty():
+                outs.append(self.queue.get_nowait())
+            pieces: dict[int, list] = {}  # choice -> [text, token ids]
+            for out in outs:
+                if isinstance(out, BaseException):
+                    raise APIError(500, f"the engine failed: {out}", type="server_error")
+                i = self._index[out.seq_id]
+                if self.finish[i] is not None:
+                    continue  # a token computed after the choice hit a stop string
+                text = self.texts[i]
+                piece = pieces.setdefault(i, ["", []])
+                piece[0] += text.add(out.token_id, final=out.finished)
+                piece[1].append(out.token_id)
+                if text.stopped:
+                    self.finish[i] = "stop"
+                    self.engine.abort([out.seq_id])
+                elif out.finished:
+                    self.finish[i] = out.finish_reason
+            for i, (delta, ids) in pieces.items():
+                yield i, delta, ids, self.finish[i]
 
     def abort_unfinished(self) -> None:
         left = [sid for sid, f in zip(self.seq_ids, self.finish) if f is None]
@@ -98,7 +105,8 @@ def refuse_torchrun() -> None:
                          "`python -m tritium serve --tensor-parallel-size N`, not under torchrun")
 
 
-def create_app(llm: LLM, model_name: str) -> Starlette:
+def create_app(engine, model_name: str, prompts: PromptEncoder, max_model_len: int) -> Starlette:
+    """engine: an EngineProcess or EngineLoop, not yet started; prompts: the checkpoint's tokenizer."""
     refuse_torchrun()
     loop: asyncio.AbstractEventLoop | None = None  # the server's, known once it starts
 
@@ -109,16 +117,16 @@ def create_app(llm: LLM, model_name: str) -> Starlette:
     def deliver(items) -> None:  # on the engine thread: one hop to the event loop per step
         loop.call_soon_threadsafe(dispatch, items)
 
-    engine = EngineLoop(llm, deliver)
-    tokenizer = llm.tokenizer
+    engine.start(deliver)
+    tokenizer = prompts.tokenizer
 
     async def generate(request: Request, chat: bool) -> Response:
         try:
             body = json.loads(await request.body())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise APIError(400, f"the request body is not valid JSON: {e}") from None
-        req = parse_request(body, chat=chat, model_name=model_name, max_model_len=llm.config.max_model_len,
-                            encode=llm.encode_prompt, encode_chat=llm.chat_prompt)
+        req = parse_request(body, chat=chat, model_name=model_name, max_model_len=max_model_len,
+                            encode=prompts.encode, encode_chat=prompts.chat)
         run = _Run(engine, req, tokenizer)
         await run.start()
         rid = new_id(chat)
@@ -169,7 +177,7 @@ def create_app(llm: LLM, model_name: str) -> Starlette:
 
     async def models(request: Request) -> Response:
         card = {"id": model_name, "object": "model", "created": 0, "owned_by": "tritium",
-                "max_model_len": llm.config.max_model_len}
+                "max_model_len": max_model_len}
         return JSONResponse({"object": "list", "data": [card]})
 
     async def health(request: Request) -> Response:
@@ -206,8 +214,16 @@ def create_app(llm: LLM, model_name: str) -> Starlette:
     return app
 
 
-def serve(llm: LLM, model_name: str, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Serve until interrupted (uvicorn)."""
+def serve(model: str, engine_options: dict, model_name: str, host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Start the engine process, then serve until interrupted (uvicorn)."""
     import uvicorn
 
-    uvicorn.run(create_app(llm, model_name), host=host, port=port, log_level="info")
+    from tritium.serve.engine_process import EngineProcess
+
+    refuse_torchrun()
+    engine = EngineProcess(model, engine_options)
+    try:
+        app = create_app(engine, model_name, PromptEncoder.from_checkpoint(model), engine.max_model_len)
+        uvicorn.run(app, host=host, port=port, log_level="info")
+    finally:
+        engine.close()

@@ -21,15 +21,19 @@ Deliver = Callable[[list[tuple[object, "StepOutput | BaseException"]]], None]
 
 
 class EngineLoop:
-    def __init__(self, llm: LLM, deliver: Deliver):
+    def __init__(self, llm: LLM):
         self.llm = llm
-        self.deliver = deliver
+        self.deliver: Deliver | None = None
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._wake = threading.Event()
         self._owners: dict[int, object] = {}  # seq id -> whose request it is
         self._closing = False
         self.failure: BaseException | None = None  # what stopped the thread, if anything did
         self._thread = threading.Thread(target=self._run, name="tritium-engine", daemon=True)
+
+    def start(self, deliver: Deliver) -> None:
+        """Start stepping; each step's tokens go to deliver (called on the engine thread)."""
+        self.deliver = deliver
         self._thread.start()
 
     # ---- called from any thread ----------------------------------------------------------------------
@@ -65,7 +69,8 @@ class EngineLoop:
     def close(self) -> None:
         self._closing = True
         self._wake.set()
-        self._thread.join(timeout=30)
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)
 
     def _fail_queued(self, error: BaseException) -> None:
         while True:
