@@ -23,8 +23,9 @@ def _prompts(n, lo, hi, seed=0):
 
 
 def test_cuda_graph_decode_is_bit_identical_to_the_same_batch_eager(checkpoint):
-    """Every decode step: the captured graph and the same padded batch run eagerly give bit-identical hidden
-    states. Seeded sampling gives the same tokens whatever the batch order (graph rows move)."""
+    """Every decode step: the captured graph (model, LM head, sampling) and the same padded batch run eagerly
+    give bit-identical hidden states and ids. Seeded top-p sampling gives the same tokens whatever the batch
+    order (graph rows move)."""
     prompts = _prompts(24, 5, 300)
     params = SamplingParams(temperature=0, max_tokens=32, ignore_eos=True)
     with LLM(checkpoint, max_model_len=1024, max_num_seqs=64) as llm:
@@ -35,10 +36,13 @@ def test_cuda_graph_decode_is_bit_identical_to_the_same_batch_eager(checkpoint):
         while not llm.scheduler.is_finished():  # one step at a time: no placeholder inputs
             batch = llm.scheduler.schedule()
             if not batch.is_prefill:
-                x = batch.inputs()
-                graphed = llm.runner._decode_graph(x).clone()
-                eager = llm.runner._decode_graph(x, eager=True).clone()  # rewrites the same K/V to the same slots
-                assert torch.equal(graphed, eager)
+                plan, runner = batch.plan(), llm.runner
+                bs = len(plan.inputs.input_ids)
+                graphed_ids = runner._decode_graph(plan.inputs, plan.params).clone()
+                graphed = runner.static["hidden"][:bs].clone()
+                # The same padded batch eagerly: rewrites the same K/V to the same slots.
+                eager_ids = runner._decode_graph(plan.inputs, plan.params, eager=True).clone()
+                assert torch.equal(graphed, runner.static["hidden"][:bs]) and torch.equal(graphed_ids, eager_ids)
                 decode_steps += 1
             llm.scheduler.postprocess(batch, llm.runner.launch(batch).tolist())
         assert decode_steps >= 31

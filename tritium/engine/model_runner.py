@@ -8,11 +8,13 @@
   device.
 - Steps with prefill chunks (possibly after decode rows: a mixed step) run eagerly. Pure decode steps replay a
   CUDA graph captured at the next bucketed batch size (1, 2, 4, 8, 16, 32, 48, ... up to max_running) over
-  static input buffers; padded rows have context length 0 and slot -1, so they read and write no KV. Every
+  static input buffers: the model, the LM head and sampling, one graph for plain sampling and one with the
+  top-k / top-p / min-p filters. Padded rows have context length 0 and slot -1, so they read and write no KV,
+  and sample greedily. Every
   kernel is tuned by an eager run at the bucket's shapes before capture, so nothing tunes inside a graph.
   `enforce_eager` (and the CPU) skip graphs. On the GPU block tables are always max_model_len wide, so eager
   decode rows meet the kernel keys the graphs were tuned at.
-- Sampling runs the sampling kernel on the logits of the rows that sample.
+- Eager steps sample with the same kernel on the logits of the rows that sample.
 """
 from __future__ import annotations
 
@@ -65,7 +67,7 @@ class ModelRunner:
         if distributed.is_parallel():  # every rank's cache holds the same blocks: the smallest fits all
             self.num_blocks = distributed.min_over_ranks(self.num_blocks)
         self.kv_cache = allocate_kv_cache(self.model, self.num_blocks, self.block_size, self.dtype, device)
-        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.graphs: dict[int, dict[bool, torch.cuda.CUDAGraph]] = {}  # bucket -> filtered? -> graph
         self._last_sampled = torch.empty(0, dtype=torch.int64, device=device)  # the last step's ids
         if device.type == "cuda" and not config.enforce_eager:
             self._capture_decode_graphs()
@@ -83,8 +85,10 @@ class ModelRunner:
         stats = torch.cuda.memory_stats()
         peak, current = stats["allocated_bytes.all.peak"], stats["allocated_bytes.all.current"]
         activations = max(0, peak - cache_bytes - current)  # the largest step's transient tensors
-        # The decode graphs keep their own pool: activations of max_bs rows, budgeted at the same rate per row.
-        graphs = 0 if self.config.enforce_eager else activations * self.max_bs // max(tokens, 1)
+        # The decode graphs keep their own pool: activations of max_bs rows, budgeted at the same rate per row,
+        # and their logits (with room for the sampling scratch).
+        logits = self.max_bs * self.hf_config.vocab_size * (self.dtype.itemsize + 4)
+        graphs = 0 if self.config.enforce_eager else activations * self.max_bs // max(tokens, 1) + logits
         budget = total * self.config.gpu_memory_utilization - (total - free) - activations - graphs
         num_blocks = int(budget // per_block)
         if num_blocks < self.max_blocks_per_seq:
@@ -116,8 +120,8 @@ class ModelRunner:
         meta, ids_t, pos_t = self._device_inputs(ids, positions, slots, lens, lens, tables, 0)
         hidden = self.model(ids_t, pos_t, meta)
         rows = torch.arange(self.max_bs, device=self.device) % hidden.shape[0]
-        zeros = [0] * self.max_bs
-        self._sample(self.model.compute_logits(hidden[rows]), [0.0] * self.max_bs, zeros, zeros, None)
+        zeros = torch.zeros(self.max_bs, dtype=torch.int64, device=self.device)
+        sample(self.model.compute_logits(hidden[rows]), zeros.float(), zeros, zeros)
         del hidden, meta
         torch.cuda.synchronize()
         release_kv_cache(self.model)  # before free memory is measured
@@ -162,24 +166,39 @@ class ModelRunner:
     def execute(self, plan: StepPlan) -> SampledTokens:
         x, params = plan.inputs, plan.params
         if not plan.is_prefill and next((b for b in self.graphs if b >= len(x.input_ids)), None):
-            hidden = self._decode_graph(x)
-        else:
-            meta, ids, pos = self._device_inputs(x.input_ids, x.positions, x.slot_mapping, x.query_lens,
-                                                 x.context_lens, x.block_tables, plan.num_decodes)
-            self._take_pending(ids, x)
-            hidden = self.model(ids, pos, meta)
-            if plan.is_prefill:
-                hidden = hidden[self._tensor(x.sample_rows, torch.int64)] if x.sample_rows else hidden[:0]
+            self._last_sampled = self._decode_graph(x, params)
+            return SampledTokens(self._last_sampled)
+        meta, ids, pos = self._device_inputs(x.input_ids, x.positions, x.slot_mapping, x.query_lens,
+                                             x.context_lens, x.block_tables, plan.num_decodes)
+        self._take_pending(ids, x)
+        hidden = self.model(ids, pos, meta)
+        if plan.is_prefill:
+            hidden = hidden[self._tensor(x.sample_rows, torch.int64)] if x.sample_rows else hidden[:0]
         if not x.sample_rows:
             return SampledTokens(torch.empty(0, dtype=torch.int64))
         logits = self.model.compute_logits(hidden)  # every rank gets all of them and samples the same ids
-        self._last_sampled = self._sample(logits, [p.temperature for p in params], x.seeds, x.sample_offsets,
-                                          params)
+        temps, seeds, offsets, filters = self._sampling_inputs(params, x.seeds, x.sample_offsets)
+        self._last_sampled = sample(logits, temps, seeds, offsets, **filters)
         return SampledTokens(self._last_sampled)
 
-    def _decode_graph(self, x, eager: bool = False) -> torch.Tensor:
-        """Decode hidden states [bs, hidden]: the batch padded to its bucket in the static buffers, and the
-        bucket's graph replayed (eager=True runs the same padded batch without the graph)."""
+    def _sampling_inputs(self, params, seeds, offsets, pad: int = 0):
+        """(temperature, seeds, offsets, filters) on the device for `sample`, each padded with `pad` greedy
+        rows. filters: {} or all three (rows without one pass its no-op value): the kernels compile one variant
+        per filter combination, and start-up warms up two paths, not eight."""
+        f = torch.float32
+        sp = self._tensor([[float(p.temperature) for p in params] + [0.0] * pad], f)[0]
+        so = self._tensor([list(seeds) + [0] * pad, list(offsets) + [0] * pad], torch.int64)
+        filters = {}
+        if any(p.top_k > 0 or p.top_p < 1.0 or p.min_p > 0.0 for p in params):
+            filters = dict(top_k=self._tensor([max(p.top_k, 0) for p in params] + [0] * pad),
+                           top_p=self._tensor([p.top_p for p in params] + [1.0] * pad, f),
+                           min_p=self._tensor([p.min_p for p in params] + [0.0] * pad, f))
+        return sp, so[0], so[1], filters
+
+    def _decode_graph(self, x, params, eager: bool = False) -> torch.Tensor:
+        """A decode step's sampled ids [bs]: the batch padded to its bucket in the static buffers, and the
+        bucket's graph (model, LM head, sampling) replayed; eager=True runs the same padded batch without the
+        graph. The hidden states stay in static["hidden"]."""
         bs = len(x.input_ids)
         bucket = next(b for b in self.graphs if b >= bs)
         meta, ids, pos = self._device_inputs(x.input_ids, x.positions, x.slot_mapping, x.query_lens,
@@ -193,58 +212,69 @@ class ModelRunner:
         s["seq_lens"].zero_()
         s["seq_lens"][:bs].copy_(meta.seq_lens)
         s["tables"][:bs].copy_(meta.block_tables)
+        temps, seeds, offsets, filters = self._sampling_inputs(params, x.seeds, x.sample_offsets, bucket - bs)
+        for name, t in (("temps", temps), ("seeds", seeds), ("offsets", offsets), *filters.items()):
+            s[name][:bucket].copy_(t)
         if eager:
-            s["hidden"][:bucket] = self.model(s["ids"][:bucket], s["pos"][:bucket], self._static_meta(bucket))
+            self._decode_forward(bucket, bool(filters))
         else:
-            self.graphs[bucket].replay()
-        return s["hidden"][:bs]
+            self.graphs[bucket][bool(filters)].replay()
+        return s["sampled"][:bs]
+
+    def _decode_forward(self, bs: int, filtered: bool) -> None:
+        """What a decode graph holds: the model over the static inputs of bs rows, the LM head and sampling
+        (plain, or with top-k / top-p / min-p) into static["sampled"]."""
+        s = self.static
+        s["hidden"][:bs] = self.model(s["ids"][:bs], s["pos"][:bs], self._static_meta(bs))
+        logits = self.model.compute_logits(s["hidden"][:bs])
+        filters = {k: s[k][:bs] for k in ("top_k", "top_p", "min_p")} if filtered else {}
+        sample(logits, s["temps"][:bs], s["seeds"][:bs], s["offsets"][:bs], out=s["sampled"][:bs], **filters)
 
     def _static_meta(self, bs: int) -> AttentionMetadata:
         s = self.static
         return AttentionMetadata(slot_mapping=s["slots"][:bs], seq_lens=s["seq_lens"][:bs],
                                  block_tables=s["tables"][:bs], num_decodes=bs)
 
-    def _sample(self, logits, temperatures, seeds, offsets, params) -> torch.Tensor:
-        kw = {}
-        if params is not None and any(p.top_k > 0 or p.top_p < 1.0 or p.min_p > 0.0 for p in params):
-            # All three filters or none (rows without one pass its no-op value): the kernels compile one
-            # variant per filter combination, and start-up warms up two paths, not eight.
-            kw = dict(top_k=self._tensor([max(p.top_k, 0) for p in params]),
-                      top_p=self._tensor([p.top_p for p in params], torch.float32),
-                      min_p=self._tensor([p.min_p for p in params], torch.float32))
-        seeds_offsets = self._tensor([seeds, offsets], torch.int64)
-        return sample(logits, self._tensor(temperatures, torch.float32), seeds_offsets[0], seeds_offsets[1], **kw)
-
     # ---- CUDA graphs -------------------------------------------------------------------------------------
     def _capture_decode_graphs(self) -> None:
-        n, dev = self.max_bs, self.device
+        n, dev, i64 = self.max_bs, self.device, torch.int64
         s = self.static = {
-            "ids": torch.zeros(n, dtype=torch.int64, device=dev),
-            "pos": torch.zeros(n, dtype=torch.int64, device=dev),
-            "slots": torch.full((n,), -1, dtype=torch.int64, device=dev),
+            "ids": torch.zeros(n, dtype=i64, device=dev),
+            "pos": torch.zeros(n, dtype=i64, device=dev),
+            "slots": torch.full((n,), -1, dtype=i64, device=dev),
             "seq_lens": torch.zeros(n, dtype=torch.int32, device=dev),
             "tables": torch.zeros(n, self.max_blocks_per_seq, dtype=torch.int32, device=dev),
             "hidden": torch.empty(n, self.hf_config.hidden_size, dtype=self.dtype, device=dev),
+            # sampling: the parameters of each row (padded rows are greedy) and the sampled ids
+            "temps": torch.zeros(n, dtype=torch.float32, device=dev),
+            "seeds": torch.zeros(n, dtype=i64, device=dev),
+            "offsets": torch.zeros(n, dtype=i64, device=dev),
+            "top_k": torch.zeros(n, dtype=torch.int32, device=dev),
+            "top_p": torch.ones(n, dtype=torch.float32, device=dev),
+            "min_p": torch.zeros(n, dtype=torch.float32, device=dev),
+            "sampled": torch.zeros(n, dtype=i64, device=dev),
         }
         # Valid block ids for every row, used only while tuning (see below).
         full_tables = torch.arange(s["tables"].numel(), device=dev).view_as(s["tables"]) % self.num_blocks
         pool = None
         for bs in reversed(graph_buckets(n)):
-            meta = self._static_meta(bs)
-            with torch.inference_mode():
-                # Tune every kernel at these shapes first, on full-length contexts: tuning on the empty padded
-                # rows would pick the config that is fastest at doing nothing. Slots -1: nothing is written.
-                s["seq_lens"].fill_(self.config.max_model_len)
-                s["tables"].copy_(full_tables)
-                self.model(s["ids"][:bs], s["pos"][:bs], meta)
-                torch.cuda.synchronize()
-                s["seq_lens"].zero_()
-                s["tables"].zero_()
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, pool=pool):
-                    s["hidden"][:bs] = self.model(s["ids"][:bs], s["pos"][:bs], meta)
-            pool = graph.pool() if pool is None else pool
-            self.graphs[bs] = graph
+            self.graphs[bs] = {}
+            for filtered in (False, True):  # one graph per sampling path
+                with torch.inference_mode():
+                    # Tune every kernel at these shapes first, on full-length contexts: tuning on the empty
+                    # padded rows would pick the config that is fastest at doing nothing. Slots -1: nothing
+                    # is written.
+                    s["seq_lens"].fill_(self.config.max_model_len)
+                    s["tables"].copy_(full_tables)
+                    self._decode_forward(bs, filtered)
+                    torch.cuda.synchronize()
+                    s["seq_lens"].zero_()
+                    s["tables"].zero_()
+                    graph = torch.cuda.CUDAGraph()
+                    with torch.cuda.graph(graph, pool=pool):
+                        self._decode_forward(bs, filtered)
+                pool = graph.pool() if pool is None else pool
+                self.graphs[bs][filtered] = graph
         self.graphs = dict(sorted(self.graphs.items()))
 
     def close(self) -> None:
