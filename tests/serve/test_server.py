@@ -198,3 +198,35 @@ def test_disconnect_mid_stream_aborts_and_frees_blocks(server, monkeypatch):
         assert time.monotonic() < deadline, "the aborted request still holds blocks"
         time.sleep(0.2)
     assert len(aborted) == 1  # freed by the abort, not by running to max_tokens
+
+
+def test_tokens_queued_while_a_stream_was_busy_leave_as_one_piece_per_choice(llm):
+    import asyncio
+
+    from tritium.engine.llm import StepOutput
+    from tritium.serve.app import _Run
+    from tritium.serve.protocol import parse_request
+
+    req = parse_request({"prompt": [[1, 2], [3]], "max_tokens": 3}, chat=False, model_name="tiny",
+                        max_model_len=512, encode=llm.encode_prompt)
+    run = _Run(engine=None, req=req, tokenizer=llm.tokenizer)
+    run.seq_ids, run._index = [7, 8], {7: 0, 8: 1}
+    ids = [[40, 41, 42], [50, 51, 52]]
+
+    async def pieces():
+        for step in range(2):  # two steps of both choices queued before the stream looks
+            for sid, toks in zip(run.seq_ids, ids):
+                run.queue.put_nowait(StepOutput(sid, toks[step], False))
+        got = []
+        async for piece in run.pieces():
+            got.append(piece)
+            if len(got) == 2:  # then the last step, one token per choice, each finishing
+                for sid, toks in zip(run.seq_ids, ids):
+                    run.queue.put_nowait(StepOutput(sid, toks[2], True, "length"))
+        return got
+
+    got = asyncio.run(pieces())
+    assert [(i, tok, finish) for i, _, tok, finish in got] == [
+        (0, [40, 41], None), (1, [50, 51], None), (0, [42], "length"), (1, [52], "length")]
+    for k in range(2):
+        assert "".join(text for i, text, _, _ in got if i == k) == llm.tokenizer.decode(ids[k])
