@@ -145,8 +145,8 @@ def main():
         gen_s = time.perf_counter() - start
     assert sum(len(o["token_ids"]) for o in outs) == tokens
     result = {"date": time.strftime("%Y-%m-%d"), "model": args.preset, "requests": len(prompts),
-              "clients": clients, "client_processes": args.client_processes, "output_tokens": tokens, "server_startup_s": startup,
-              "server_s": wall, "server_tok_per_s": tokens / wall, "generate_s": gen_s,
+              "clients": clients, "client_processes": args.client_processes, "output_tokens": tokens,
+              "server_startup_s": startup, "server_s": wall, "server_tok_per_s": tokens / wall, "generate_s": gen_s,
               "generate_tok_per_s": tokens / gen_s, "server_over_generate": (tokens / wall) / (tokens / gen_s),
               "ttft_ms": {k: v * 1e3 for k, v in percentiles(ttft).items()},
               "itl_ms": {k: v * 1e3 for k, v in percentiles(itl).items()}}

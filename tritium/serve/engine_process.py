@@ -117,17 +117,18 @@ class EngineProcess:
 
     def submit(self, prompts, params, owner) -> Future:
         fut: Future = Future()
+        if not self.alive:
+            fut.set_exception(RuntimeError(f"the engine has stopped: {self.failure or 'its process exited'}"))
+            return fut
         with self._state:
             key = next(self._keys)
             self._submits[key] = (fut, owner)
         try:
-            if not self.alive:
-                raise RuntimeError(f"the engine has stopped: {self.failure or 'its process exited'}")
             self._send(("submit", key, prompts, params))
-        except (RuntimeError, OSError) as e:
+        except OSError as e:  # the process went away just now
             with self._state:
                 self._submits.pop(key, None)
-            fut.set_exception(RuntimeError(str(e)))
+            fut.set_exception(RuntimeError(f"the engine has stopped: {e}"))
         return fut
 
     def abort(self, seq_ids) -> None:
@@ -150,19 +151,22 @@ class EngineProcess:
                 elif msg[0] == "step" and not isinstance(msg[1], BaseException):
                     self._step(msg[1], deliver)
                 else:  # a failed step fails everything running; a dead engine everything from now on
-                    with self._state:
-                        owners, self._owner_of = set(self._owner_of.values()), {}
-                    deliver([(owner, msg[1]) for owner in owners])
+                    self._fail_running(msg[1], deliver)
                     error = msg[1] if msg[0] == "dead" else None
         except (EOFError, OSError):
             self.process.join(timeout=CLOSE_WAIT_S)
             error = RuntimeError(f"the engine process exited (code {self.process.exitcode})")
         self.failure = error
         with self._state:
-            owners, self._owner_of = set(self._owner_of.values()), {}
             submits, self._submits = list(self._submits.values()), {}
         for fut, _ in submits:
             fut.set_exception(error)
+        self._fail_running(error, deliver)
+
+    def _fail_running(self, error: BaseException, deliver: Deliver) -> None:
+        """Every running request's owner hears `error`; none is running afterwards."""
+        with self._state:
+            owners, self._owner_of = set(self._owner_of.values()), {}
         if owners:
             deliver([(owner, error) for owner in owners])
 
