@@ -1,12 +1,12 @@
 """Per-kernel times of top-p sampling by the number of rows the candidate window leaves pending (torch.profiler).
 `python benchmarks/profile_sampling.py [--batch 256] [--dtype fp32] [--pending 0,1,2] [--set MODULE.NAME=VALUE ...]`
 
-The top-p time at a batch depends on how many rows pass the candidate window (sampling_filter.py) to the
-bracket rounds (sampling_bracket.py). This finds inputs of the benchmark's kind (bench_sampling._logits: a normal
+The top-p time at a batch depends on how many rows pass the candidate window (sampling/filtered.py) to the
+bracket rounds (sampling/bracket.py). This finds inputs of the benchmark's kind (bench_sampling._logits: a normal
 bulk and a few strong tokens per row) with each asked-for pending count, then prints each kernel's device time
 in launch order and their sum (the fastest of a few calls). --set overrides, before the run, a constant that
-a launcher in tritium.kernels reads (not a jit global), e.g. --set sampling_bracket.COOPERATIVE=0 (one launch
-per bracket stage) or --set sampling_bracket.NPROBES=16: variants compare on one card.
+a launcher in tritium.kernels reads (not a jit global), e.g. --set sampling.bracket.COOPERATIVE=0 (one launch
+per bracket stage) or --set sampling.bracket.NPROBES=16: variants compare on one card.
 """
 import argparse
 import importlib

@@ -17,8 +17,7 @@ import os
 import torch
 
 from benchmarks.kernels import rowbench as rb
-from tritium.kernels.sampling import sample
-from tritium.kernels.sampling_filter import sample_filtered
+from tritium.kernels.sampling import sample, sample_filtered
 
 VOCAB = 151_936
 BATCHES = [int(b) for b in os.environ.get("TRITIUM_BENCH_SAMPLING_BATCHES", "1,64,256,512").split(",")]

@@ -1,4 +1,4 @@
-"""Tests of tritium.kernels.sampling, the plain path (temperature, greedy, seeds, logprobs); the filters are
+"""Tests of tritium.kernels.sampling, the plain path (sampling/plain.py) (temperature, greedy, seeds, logprobs); the filters are
 tested in test_sampling_filter.py.
 
 Draws are tested exactly (greedy rows against argmax), for invariance (configs, chunkings, batch layouts, CUDA
@@ -9,9 +9,7 @@ import pytest
 import torch
 
 import tritium
-from tritium.kernels import sampling as S
-from tritium.kernels.sampling import sample, sample_probs_ref, sample_ref
-from tritium.kernels.sampling_threshold import keep_mask_ref
+from tritium.kernels.sampling import CONFIGS, keep_mask_ref, plain, sample, sample_probs_ref, sample_ref
 from sampling_cases import (CHI2_CRIT, DEV, GPU, GPU_DTYPE, N_DRAWS, VOCAB, chi_square, filters, params,
                             peaked_bf16, scaled)
 
@@ -50,14 +48,14 @@ def test_logprobs_match_reference():
         torch.testing.assert_close(lp, logp.gather(1, tok[:, None])[:, 0], atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("cfg", S.CONFIGS, ids=tritium.autotune.config_id)
+@pytest.mark.parametrize("cfg", CONFIGS, ids=tritium.autotune.config_id)
 def test_every_config_draws_the_same(cfg):
     B, V = 5, 3000  # one chunk: full blocks and a ragged tail for every BLOCK
     x = (torch.randn(B, V) * 3).to(DEV)
     t, seeds, offs = params(B, temp=[0.8, 0.0, 1.0, 0.5, 2.0], seed=[1, 2, 3, 4, 2**40 + 5])
     lp = torch.empty(B, device=DEV)
     tok = sample(x, t, seeds, offs, logprobs_out=lp, config=cfg)
-    assert torch.equal(tok, sample(x, t, seeds, offs, config=S.CONFIGS[0]))
+    assert torch.equal(tok, sample(x, t, seeds, offs, config=CONFIGS[0]))
     _, logp = sample_probs_ref(x, t)
     torch.testing.assert_close(lp, logp.gather(1, tok[:, None])[:, 0], atol=1e-5, rtol=1e-5)
 
@@ -79,9 +77,9 @@ def test_draws_independent_of_batch_layout_and_chunking(monkeypatch):
         mixed = sample(big, bt, bs, bo, **(bkw if filt else {}))
         assert torch.equal(mixed[[1, 3, 4]], alone)
     three_chunks = sample(rows, t, seeds, offs)
-    assert S.plan_chunks(3, V)[0] == 3
-    monkeypatch.setattr(S, "TARGET_PROGRAMS", 1)  # one chunk per row instead of three
-    assert S.plan_chunks(3, V)[0] == 1
+    assert plain.plan_chunks(3, V)[0] == 3
+    monkeypatch.setattr(plain, "TARGET_PROGRAMS", 1)  # one chunk per row instead of three
+    assert plain.plan_chunks(3, V)[0] == 1
     assert torch.equal(sample(rows, t, seeds, offs), three_chunks)
 
 

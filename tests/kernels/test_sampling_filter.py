@@ -1,5 +1,4 @@
-"""Tests of top-k / top-p / min-p sampling (tritium.kernels.sampling_filter, sampling_bracket,
-sampling_threshold).
+"""Tests of top-k / top-p / min-p sampling (tritium.kernels.sampling: exact.py, filtered.py, bracket.py).
 
 A filtered draw is checked against the plain draw of the same row with the reference's rejected tokens set to
 -inf, which must pick the same token since the noise of a token depends only on (seed, step, token); every
@@ -11,20 +10,16 @@ import torch
 from hypothesis import assume, given, strategies as st
 
 import tritium
-from tritium.kernels import sampling as S
-from tritium.kernels import sampling_bracket as B_
-from tritium.kernels import sampling_filter as F
-from tritium.kernels import sampling_items as I_
-from tritium.kernels.sampling import sample, sample_probs_ref
-from tritium.kernels.sampling_threshold import keep_mask_ref
+from tritium.kernels.sampling import (CONFIGS, FILTER_CONFIGS, bracket, filtered, keep_mask_ref, sample,
+                                     sample_filtered, sample_probs_ref)
 from sampling_cases import CHI2_CRIT, DEV, GPU, chi_square, filters, masked_plain, params, peaked_bf16, scaled
 
 
-@pytest.mark.parametrize("cfg", F.FILTER_CONFIGS, ids=tritium.autotune.config_id)
+@pytest.mark.parametrize("cfg", FILTER_CONFIGS, ids=tritium.autotune.config_id)
 def test_every_filter_config_draws_the_same(cfg, monkeypatch):
     # 16 lanes, 128-token chunks: eight full blocks per chunk (every block fetched ahead), a ragged last chunk
-    monkeypatch.setattr(F, "FILTER_BLOCK", 16)
-    monkeypatch.setattr(F, "FILTER_CHUNK", 128)
+    monkeypatch.setattr(filtered, "FILTER_BLOCK", 16)
+    monkeypatch.setattr(filtered, "FILTER_CHUNK", 128)
     B, V = 4, 3000
     x = torch.randn(B, V) * 3
     x[torch.arange(B), torch.tensor([2500, 1234, 77, 2999])] += 12  # strong tokens in late blocks and the tail
@@ -32,7 +27,7 @@ def test_every_filter_config_draws_the_same(cfg, monkeypatch):
     t, seeds, offs = params(B, temp=[0.8, 0.0, 1.0, 0.6])
     kw = filters(B, k=[0, 4, 20, 0], p=[0.9, 1.0, 0.8, 1.0], mp=[0.0, 0.0, 0.05, 0.2])
     tok = sample(x, t, seeds, offs, config=cfg, **kw)
-    assert torch.equal(tok, sample(x, t, seeds, offs, config=F.FILTER_CONFIGS[0], **kw))
+    assert torch.equal(tok, sample(x, t, seeds, offs, config=FILTER_CONFIGS[0], **kw))
     keep = keep_mask_ref(scaled(x, t), **kw)
     assert torch.equal(tok, masked_plain(x, t, seeds, offs, keep))
 
@@ -110,7 +105,7 @@ def test_filtered_equals_plain_on_reference_kept_set(case):
     lp, lp_ref = torch.empty(B, device=DEV), torch.empty(B, device=DEV)
     state = torch.empty(B, dtype=torch.int32, device=DEV)
     tok = torch.empty(B, dtype=torch.int64, device=DEV)
-    F.sample_filtered(x, t, seeds, offs, kw["top_k"], kw["top_p"], kw["min_p"], tok, lp, state=state)
+    sample_filtered(x, t, seeds, offs, kw["top_k"], kw["top_p"], kw["min_p"], tok, lp, state=state)
     want = masked_plain(x, t, seeds, offs, keep, logprobs_out=lp_ref)
     assert torch.equal(tok, want)
     greedy = t == 0
@@ -119,7 +114,7 @@ def test_filtered_equals_plain_on_reference_kept_set(case):
     torch.testing.assert_close(lp, logp.gather(1, tok[:, None])[:, 0], atol=1e-5, rtol=1e-5)
     # the general kernel alone finds the same kept sets
     tok_g = torch.empty_like(tok)
-    F.sample_filtered(x, t, seeds, offs, kw["top_k"], kw["top_p"], kw["min_p"], tok_g, None, force_general=True)
+    sample_filtered(x, t, seeds, offs, kw["top_k"], kw["top_p"], kw["min_p"], tok_g, None, force_general=True)
     assert torch.equal(tok_g, tok)
 
 
@@ -131,18 +126,18 @@ def test_tiny_vocabularies_through_the_bracket():
         kw = filters(3, p=[0.9, 0.5, 0.99])
         want = masked_plain(x, t, seeds, offs, keep_mask_ref(scaled(x, t), **kw))
         tok = torch.full((3,), -1, dtype=torch.int64, device=DEV)
-        F.sample_filtered(x, t, seeds, offs, None, kw["top_p"], None, tok, None, force_general=True)
+        sample_filtered(x, t, seeds, offs, None, kw["top_p"], None, tok, None, force_general=True)
         assert torch.equal(tok, want)
 
 
 def test_candidate_windows_and_general_path(monkeypatch):
     # small lanes, chunks and windows so that multi-token lanes, ten chunks, the row window, ties at the
     # top and the general kernel all occur at V = 600
-    monkeypatch.setattr(F, "FILTER_BLOCK", 16)
-    monkeypatch.setattr(F, "FILTER_CHUNK", 64)
-    monkeypatch.setattr(F, "NWIN", 32)
-    monkeypatch.setattr(B_, "ROUND_CHUNK", 64)  # ten work items per pending row
-    monkeypatch.setattr(B_, "DRAW_SMALL", 16)  # windows of 11 to 29 values: narrow tile and wide one
+    monkeypatch.setattr(filtered, "FILTER_BLOCK", 16)
+    monkeypatch.setattr(filtered, "FILTER_CHUNK", 64)
+    monkeypatch.setattr(filtered, "NWIN", 32)
+    monkeypatch.setattr(bracket, "ROUND_CHUNK", 64)  # ten work items per pending row
+    monkeypatch.setattr(bracket, "DRAW_SMALL", 16)  # windows of 11 to 29 values: narrow tile and wide one
     B, V = 6, 600
     g = torch.Generator().manual_seed(5)
     x = torch.randn(B, V, generator=g) * 0.3  # flat rows: large nuclei, left to the general kernel
@@ -160,19 +155,19 @@ def test_candidate_windows_and_general_path(monkeypatch):
     # 0: drawn from the candidate window, 1: after the bracket rounds, 2: by the sequential kernel (no rounds)
     # 4 programs: one item of ten chunks per pending row; 16: five items of two chunks each (one launch per
     # stage); 1: every stage in one launch, as the cooperative launch runs them on a GPU
-    for rounds, programs, paths in ((B_.ROUNDS, 4, [0, 0, 1, 1, 1, 1]), (B_.ROUNDS, 16, [0, 0, 1, 1, 1, 1]),
-                                    (B_.ROUNDS, 1, [0, 0, 1, 1, 1, 1]), (0, 4, [0, 0, 1, 2, 2, 2])):
-        monkeypatch.setattr(B_, "ROUNDS", rounds)
-        monkeypatch.setattr(I_, "INTERPRET_PROGRAMS", programs)
+    for rounds, programs, paths in ((bracket.ROUNDS, 4, [0, 0, 1, 1, 1, 1]), (bracket.ROUNDS, 16, [0, 0, 1, 1, 1, 1]),
+                                    (bracket.ROUNDS, 1, [0, 0, 1, 1, 1, 1]), (0, 4, [0, 0, 1, 2, 2, 2])):
+        monkeypatch.setattr(bracket, "ROUNDS", rounds)
+        monkeypatch.setattr(bracket, "INTERPRET_PROGRAMS", programs)
         tok.fill_(-1)  # a row no kernel draws must not pass on the previous iteration's token
         lp.fill_(float("nan"))
-        F.sample_filtered(x, t, seeds, offs, kw["top_k"], kw["top_p"], kw["min_p"], tok, lp, state=state)
+        sample_filtered(x, t, seeds, offs, kw["top_k"], kw["top_p"], kw["min_p"], tok, lp, state=state)
         assert state.tolist() == paths
         assert torch.equal(tok, want)
         torch.testing.assert_close(lp, logp.gather(1, tok[:, None])[:, 0], atol=1e-5, rtol=1e-5)
-    monkeypatch.setattr(F, "CAPC", 2)  # more lane maxima than slots: those chunks give no candidates
+    monkeypatch.setattr(filtered, "CAPC", 2)  # more lane maxima than slots: those chunks give no candidates
     tok.fill_(-1)
-    F.sample_filtered(x, t, seeds, offs, kw["top_k"], kw["top_p"], kw["min_p"], tok, None, state=state)
+    sample_filtered(x, t, seeds, offs, kw["top_k"], kw["top_p"], kw["min_p"], tok, None, state=state)
     assert torch.equal(tok, want)
 
 
@@ -190,7 +185,7 @@ def test_gpu_bf16_greedy_layout_and_configs():
         assert torch.equal(tok[::4], want[::4])
         pkw = {k: v[perm] for k, v in fkw.items()}
         assert torch.equal(sample(x[perm], t[perm], seeds[perm], offs[perm], **pkw), tok[perm])
-        cfgs = S.CONFIGS if not fkw else F.FILTER_CONFIGS
+        cfgs = CONFIGS if not fkw else FILTER_CONFIGS
         for cfg in cfgs:
             assert torch.equal(sample(x, t, seeds, offs, config=cfg, **fkw), tok)
     keep = keep_mask_ref(scaled(x, t), **kw)
@@ -201,8 +196,8 @@ def test_gpu_bf16_greedy_layout_and_configs():
     assert torch.equal(sample(x, t, seeds, offs, **kw)[clear], masked_plain(x, t, seeds, offs, keep)[clear])
     state = torch.empty(B, dtype=torch.int32, device=GPU)
     tok = torch.empty(B, dtype=torch.int64, device=GPU)
-    F.sample_filtered(x, t, seeds, offs, kw["top_k"], kw["top_p"], kw["min_p"], tok, None, state=state)
+    sample_filtered(x, t, seeds, offs, kw["top_k"], kw["top_p"], kw["min_p"], tok, None, state=state)
     tok_g = torch.empty_like(tok)
-    F.sample_filtered(x, t, seeds, offs, kw["top_k"], kw["top_p"], kw["min_p"], tok_g, None, force_general=True)
+    sample_filtered(x, t, seeds, offs, kw["top_k"], kw["top_p"], kw["min_p"], tok_g, None, force_general=True)
     assert torch.equal(tok_g, tok)
     assert (state == 0).float().mean() > 0.9, "peaked rows should finish from the candidates"

@@ -1,30 +1,124 @@
-"""Exact thresholds of top-k / top-p / min-p (semantics in sampling_filter.py; keep_mask_ref: the reference),
-and the sequential sampling kernel: the exact last resort for rows neither the candidate window of
-sampling_filter nor the parallel rounds of sampling_bracket settle (e.g. ties wider than a window).
+"""2. Top-k / top-p / min-p exactly: the semantics, the threshold math every filtered path shares, the
+reference (keep_mask_ref), the state a filtered row carries from path to path (RowStats, PendingRows), and
+general_row, the exact sequential draw of one row: the last resort for rows neither the candidate window
+(filtered.py) nor the parallel bracket rounds (bracket.py) settle (e.g. ties wider than a window).
 
-The predicate: top-k / top-p hold at a value v when count(z >= v) >= k or mass(z >= v) >= p * sum(exp z);
-v* is the largest present value where it holds (the min if it never does: keep all); min-p raises the
-threshold to max z + log(min_p). Kept tokens: z >= thr. settle_window: v* from a gathered window and the
-draw among its kept tokens (sampling_filter's finishing kernel).
+Semantics (joint, all on the unfiltered distribution p = softmax(z) of a row, z = logits / T):
+    top-k (k > 0):  keep z >= v_k, v_k = the k-th largest z (ties with it kept; k > V keeps all)
+    top-p (p < 1):  keep z >= v_p, v_p = the largest value v with mass(z >= v) >= p (the smallest set of top
+                    tokens whose mass reaches p, ties with its last value kept)
+    min-p (> 0):    keep p_i >= min_p * max p, i.e. z >= max z + log(min_p)
+    kept = the intersection, i.e. z >= thr = max(v_k, v_p, min-p threshold); then Gumbel-max over it.
+top-k and top-p share one predicate: v* = max(v_k, v_p) is the largest present value v with
+count(z >= v) >= k_on or mass(z >= v) >= mass_on = p * sum(exp z) (both fall as v rises; -inf, keep all, if
+it never holds). Shapes and dtypes as in plain.py, plus top_k [B] int32 (0 = off), top_p [B] fp32 (1 = off),
+min_p [B] fp32 (0 = off); a filter tensor not given reads as off in every row (HAS_K / HAS_P / HAS_MINP).
 
-general_row, one program's draw of one row (sampling_bracket's last stage, for the rows left over): rounds of
-NP probes spread over a bracket [lo, hi] of present values holding v* count tokens and mass at or above each
-probe (one read of the row each); the bracket shrinks to the present values around the crossing until it
-holds at most NWIN tokens (or one value); those are gathered and walked exactly (sorted). A last read draws
-among z >= thr with the plain path's scan. Slower than the candidate path: several reads of the row by one
-program, about log_NP(range / spacing near v*) rounds.
+general_row, one program's draw of one row: rounds of NP probes spread over a bracket [lo, hi] of present
+values holding v* count tokens and mass at or above each probe (one read of the row each); the bracket
+shrinks to the present values around the crossing until it holds at most NWIN tokens (or one value); those
+are gathered and walked exactly (sorted). A last read draws among z >= thr with the plain path's scan. Several
+reads of the row by one program, about log_NP(range / spacing near v*) rounds.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 
-from tritium.kernels.gumbel import NEG, noisy_scores, scan_chunk
+from tritium.kernels.sampling.plain import NEG, scan_chunk
 
-NPROBE = 8  # probes per bracketing round
+NPROBE = 8  # probes per bracketing round of general_row
 GENERAL_BLOCK = 512
 MAX_ROUNDS = 64  # a bound only: each round lowers hi to a smaller present value, by ~NP x in width
+
+# RowStats columns (PendingRows.row_stats)
+ROW_MAX = tl.constexpr(0)  # max z of the row
+ROW_SUMEXP = tl.constexpr(1)  # sum exp(z - max z)
+ROW_MIN = tl.constexpr(2)  # the smallest finite z
+ROW_COLS = tl.constexpr(3)
+
+# Which path drew a row (PendingRows.path, sample_filtered's `state`)
+PATH_WINDOW = tl.constexpr(0)
+PATH_BRACKET = tl.constexpr(1)
+PATH_SEQUENTIAL = tl.constexpr(2)
+# Bracket state columns (PendingRows.bracket_f / bracket_i, [2, B, BR_COLS]: one buffer per round parity)
+BR_LO = tl.constexpr(0)  # fp32: the predicate holds at lo
+BR_HI = tl.constexpr(1)  # fp32: and fails at hi
+BR_MASS_HI = tl.constexpr(2)  # fp32: mass at or above hi
+BR_PHASE = tl.constexpr(0)  # int32: PHASE_*
+BR_N_HI = tl.constexpr(1)  # int32: tokens at or above hi
+BR_N_WIN = tl.constexpr(2)  # int32: tokens in the gathered window [lo, hi)
+BR_COLS = tl.constexpr(4)
+# A row's phase in the bracket rounds
+PHASE_BRACKET = tl.constexpr(0)  # bracket set, nothing counted yet
+PHASE_COUNTED = tl.constexpr(1)  # the chunks' counts at the bracket's probes are written
+PHASE_WINDOW = tl.constexpr(2)  # the bracket's tokens are gathered into the window: ready to draw
+PHASE_SEQUENTIAL = tl.constexpr(3)  # left to the sequential draw (general_row)
+PHASE_DONE = tl.constexpr(4)  # drawn by the finishing kernel, not pending
+# bracket.py's counters: rows pending at each round, rows to draw, rows left over, a grid-sync counter and the
+# buffer holding the final bracket state (>= bracket.ROUNDS + 5); zeroed by _filter_partial_kernel
+COUNT_SLOTS = 16
+
+
+@dataclass
+class PendingRows:
+    """What the finishing kernel hands to bracket.py for the rows it left pending (and bracket.py's scratch):
+    row_stats [B, ROW_COLS] fp32 (ROW_*); path [B] int32 (PATH_*: PATH_BRACKET while pending); bracket_f,
+    bracket_i [2, B, BR_COLS] fp32 / int32 (BR_*: a row's bracket state, double-buffered by round parity);
+    counts [COUNT_SLOTS] int32 (counts[0]: rows pending at round 0); window_z, window_token [B, nwin] fp32 /
+    int32 (the finishing kernel's candidate window; window_z is then the bracket's window)."""
+    row_stats: torch.Tensor
+    path: torch.Tensor
+    bracket_f: torch.Tensor
+    bracket_i: torch.Tensor
+    counts: torch.Tensor
+    window_z: torch.Tensor
+    window_token: torch.Tensor
+
+    @classmethod
+    def empty(cls, B: int, nwin: int, device, path=None) -> PendingRows:
+        f32, i32 = torch.float32, torch.int32
+        return cls(torch.empty((B, ROW_COLS.value), dtype=f32, device=device),
+                   torch.empty(B, dtype=i32, device=device) if path is None else path,
+                   torch.empty((2, B, BR_COLS.value), dtype=f32, device=device),
+                   torch.empty((2, B, BR_COLS.value), dtype=i32, device=device),
+                   torch.empty(COUNT_SLOTS, dtype=i32, device=device),
+                   torch.empty((B, nwin), dtype=f32, device=device), torch.empty((B, nwin), dtype=i32, device=device))
+
+    def make_all_pending(self) -> None:
+        """Every row pending with a fresh bracket (tests: the bracket path on rows the window settles)."""
+        self.counts.zero_()
+        self.counts[0] = self.path.shape[0]
+        self.path.fill_(PATH_BRACKET.value)
+        self.bracket_i.zero_()  # PHASE_BRACKET
+        self.bracket_f[0, :, BR_LO.value] = self.row_stats[:, ROW_MIN.value]
+        self.bracket_f[0, :, BR_HI.value] = float("inf")
+        self.bracket_f[0, :, BR_MASS_HI.value] = 0.0
+
+
+@triton.jit
+def init_bracket(bf_ptr, bi_ptr, row, B, done, lo):
+    """A row's first bracket state in both buffers of bracket_f / bracket_i [2, B, BR_COLS]: pending rows get
+    [lo, +inf), phase PHASE_BRACKET; done rows PHASE_DONE."""
+    ph = tl.where(done, PHASE_DONE, PHASE_BRACKET)
+    for buf in tl.static_range(2):
+        tl.store(bi_ptr + (buf * B + row) * BR_COLS + BR_PHASE, ph)
+    tl.store(bi_ptr + row * BR_COLS + BR_N_HI, 0)
+    tl.store(bi_ptr + row * BR_COLS + BR_N_WIN, 0)
+    tl.store(bf_ptr + row * BR_COLS + BR_LO, lo)
+    tl.store(bf_ptr + row * BR_COLS + BR_HI, float("inf"))
+    tl.store(bf_ptr + row * BR_COLS + BR_MASS_HI, 0.0)
+
+
+def filter_args(temperature, top_k, top_p, min_p, logprobs_out):
+    """The (top_k, top_p, min_p) pointers of the filter kernels (temperature stands in for a filter not given)
+    and their flags: HAS_K, HAS_P, HAS_MINP and LOGPROBS."""
+    flags = dict(HAS_K=top_k is not None, HAS_P=top_p is not None, HAS_MINP=min_p is not None,
+                 LOGPROBS=logprobs_out is not None)
+    return tuple(temperature if f is None else f for f in (top_k, top_p, min_p)), flags
 
 
 @triton.jit
@@ -62,7 +156,7 @@ def walk_values(zv, n, base_cnt, base_mass, big, k_on, mass_on, NWIN: tl.constex
 def walk_window(win_ptr, n_win, base_cnt, base_mass, big, k_on, mass_on, NWIN: tl.constexpr, NSMALL: tl.constexpr):
     """walk_values over the n_win values in win_ptr[:NWIN]. The slots are read whole (those past n_win masked
     after), so the read need not wait for n_win; a window of at most NSMALL <= NWIN values is sorted on a
-    tile that wide (sorting 512 slots costs ~3 us on an H200)."""
+    tile that wide."""
     w_all = tl.load(win_ptr + tl.arange(0, NWIN))
     w_small = tl.load(win_ptr + tl.arange(0, NSMALL))
     if n_win <= NSMALL:
@@ -83,38 +177,13 @@ def threshold(vstar, k, p, mp, big):
 
 
 @triton.jit
-def settle_window(wz_ptr, wi_ptr, n_win, big, k_on, mass_on, k, p, mp, t, seed, step, row, floor, w_floor,
-                  out_ptr, lp_ptr, LOGPROBS: tl.constexpr, W: tl.constexpr):
-    """v* from the n_win <= W window values (sorted), then, if the kept set lies above the floors, the draw
-    among the kept window tokens (their noise recomputed from the token ids). Returns whether it settled."""
-    w = tl.arange(0, W)
-    wv = w < n_win
-    wz = tl.load(wz_ptr + w, mask=wv, other=NEG)
-    wi = tl.load(wi_ptr + w, mask=wv, other=0)
-    vstar = walk_values(wz, n_win, 0, 0.0, big, k_on, mass_on, W)  # counts are exact for values >= floor
-    thr = threshold(vstar, k, p, mp, big)
-    # v* computed below the floor may be too low, but then the true one is below the floor too
-    done = (thr > floor) & (thr >= w_floor)
-    kept = wv & (wz >= thr)
-    noisy = noisy_scores(wz, seed, step, wi // 4, wi % 4)
-    score = tl.where(kept, tl.where(t > 0, noisy, wz), float("-inf"))
-    ftok = tl.min(tl.where(kept & (score == tl.max(score)), wi, 2147483647))
-    tl.store(out_ptr + row, ftok.to(tl.int64), mask=done)
-    if LOGPROBS:
-        fz = tl.max(tl.where(wi == ftok, wz, NEG))
-        e = tl.where(kept, tl.exp(wz - big), 0.0)
-        tl.store(lp_ptr + row, fz - big - tl.log(tl.sum(e)), mask=done)
-    return done
-
-
-@triton.jit
 def general_row(
     logits_ptr,  # [B, V] fp32/bf16/fp16
     stride_row,
     temp_ptr, seed_ptr, step_ptr,  # [B] fp32, int64, int64
     topk_ptr, topp_ptr, minp_ptr,  # [B] int32, fp32, fp32
-    row_f_ptr,  # [B, 3] fp32: max z, sum exp(z - max), (min z)
-    state_ptr,  # [B] int32 out: 2 for the rows drawn here
+    row_f_ptr,  # [B, ROW_COLS] fp32: PendingRows.row_stats
+    path_ptr,  # [B] int32 out: PATH_SEQUENTIAL for the rows drawn here
     win_ptr,  # [B, NWIN] fp32 scratch
     out_ptr,  # [B] int64 out
     lp_ptr,  # [B] fp32 out (if LOGPROBS)
@@ -122,12 +191,12 @@ def general_row(
     HAS_K: tl.constexpr, HAS_P: tl.constexpr, HAS_MINP: tl.constexpr, LOGPROBS: tl.constexpr,
     NWIN: tl.constexpr, NP: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    tl.store(state_ptr + row, 2)
+    tl.store(path_ptr + row, PATH_SEQUENTIAL)
     t, k, p, mp = row_params(temp_ptr, topk_ptr, topp_ptr, minp_ptr, row, HAS_K, HAS_P, HAS_MINP)
     sampled = t > 0
     inv_t = 1.0 / tl.where(sampled, t, 1.0)
-    big = tl.load(row_f_ptr + row * 3)
-    k_on, mass_on = predicate_bounds(k, p, V, tl.load(row_f_ptr + row * 3 + 1))
+    big = tl.load(row_f_ptr + row * ROW_COLS + ROW_MAX)
+    k_on, mass_on = predicate_bounds(k, p, V, tl.load(row_f_ptr + row * ROW_COLS + ROW_SUMEXP))
     row_ptr = logits_ptr + row * stride_row
     # bracket [lo, hi] of present values holding v*; n_lo tokens at or above lo, n_hi (mass m_hi) above hi
     lo = tl.full([BLOCK], float("inf"), tl.float32)
@@ -189,7 +258,7 @@ def general_row(
 
 
 def keep_mask_ref(z, top_k=None, top_p=None, min_p=None):
-    """[B, V] bool: the kept set of scaled logits z (fp32). Joint filters on the unfiltered distribution:
+    """[B, V] bool: the kept set of scaled logits z [B, V] fp32 (module docstring; None: the filter is off).
     top-k keeps z >= the k-th largest value; top-p keeps the smallest top set whose mass >= p (ties with
     its last value included); min-p keeps p_i >= min_p * max p; a token is kept if every active filter
     keeps it."""
