@@ -1,5 +1,5 @@
-"""Tests of tritium.kernels.sampling, the plain path (sampling/plain.py) (temperature, greedy, seeds, logprobs); the filters are
-tested in test_sampling_filter.py.
+"""Tests of tritium.kernels.sampling, the plain path (sampling/plain.py: temperature, greedy, seeds, logprobs);
+the filters are tested in test_sampling_filter.py.
 
 Draws are tested exactly (greedy rows against argmax), for invariance (configs, chunkings, batch layouts, CUDA
 graphs) and statistically (many offsets of one row in one launch against the reference distribution, with a

@@ -320,8 +320,8 @@ def _bracket_kernel(
         for item in range(pid, n * per_row, nprog):
             row, c0, c1 = item_chunks(rows, sel, rank, item, per_row, g, C)
             draw_item(logits_ptr, stride_row, temp_ptr, seed_ptr, step_ptr, topk_ptr, topp_ptr, minp_ptr, row_f_ptr,
-                      f_f, f_i, win_ptr, win_stats_ptr, win_token_ptr, row, c0, c1, V, C, HAS_K, HAS_P, HAS_MINP, LOGPROBS,
-                      CHUNK, BLOCK, NWIN, NSMALL)
+                      f_f, f_i, win_ptr, win_stats_ptr, win_token_ptr, row, c0, c1, V, C, HAS_K, HAS_P, HAS_MINP,
+                      LOGPROBS, CHUNK, BLOCK, NWIN, NSMALL)
         if S1 > DRAW:
             syncs += 1
             grid_sync(sync_ptr, syncs * nprog)
@@ -353,7 +353,7 @@ def draw_pending(logits, temperature, seeds, offsets, filt, flags, pending, out,
     chunk = min(ROUND_CHUNK, next_pow2(V))
     C = -(-V // chunk)
     win = pending.window_z
-    assert pending.counts.numel() >= ROUNDS + 5, "COUNT_SLOTS must cover the rounds, the draw, the rows left, sync and fin"
+    assert pending.counts.numel() >= ROUNDS + 5, "COUNT_SLOTS must cover the rounds, the draw, rows left, sync, fin"
     cnt = torch.empty((2, B, C, NPROBES), dtype=torch.int32, device=dev)
     mass = torch.empty((2, B, C, NPROBES), dtype=torch.float32, device=dev)
     winners = ChunkWinners.empty(B, C, dev)

@@ -1,5 +1,5 @@
 """2. Top-k / top-p / min-p exactly: the semantics, the threshold math every filtered path shares, the
-reference (keep_mask_ref), the state a filtered row carries from path to path (RowStats, PendingRows), and
+reference (keep_mask_ref), the state a filtered row carries from path to path (PendingRows), and
 general_row, the exact sequential draw of one row: the last resort for rows neither the candidate window
 (filtered.py) nor the parallel bracket rounds (bracket.py) settle (e.g. ties wider than a window).
 
@@ -34,7 +34,7 @@ NPROBE = 8  # probes per bracketing round of general_row
 GENERAL_BLOCK = 512
 MAX_ROUNDS = 64  # a bound only: each round lowers hi to a smaller present value, by ~NP x in width
 
-# RowStats columns (PendingRows.row_stats)
+# PendingRows.row_stats columns: a row's statistics, written by the finishing kernel
 ROW_MAX = tl.constexpr(0)  # max z of the row
 ROW_SUMEXP = tl.constexpr(1)  # sum exp(z - max z)
 ROW_MIN = tl.constexpr(2)  # the smallest finite z

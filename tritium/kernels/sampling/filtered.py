@@ -8,9 +8,9 @@ Two launches (fixed grids, no host sync):
    the program writes the chunk's winner (used by rows without filters), (max, sum exp) of z and its
    candidates: the lane maxima above the largest lane second value F_c, so every token of the chunk with
    z > F_c is a candidate (about sqrt(BLOCK) of them: the top tokens rarely share a lane). CandidateChunks.
-2. _filter_finish_kernel, grid (B,): merges the chunks (RowStats; the unfiltered winner for rows without
-   filters) and gathers the row's window: the candidates with z >= max - D, D the widest of a schedule with at
-   most NWIN of them (all widths counted at once: a histogram of the first width each candidate passes), so
+2. _filter_finish_kernel, grid (B,): merges the chunks (PendingRows.row_stats; the unfiltered winner for rows
+   without filters) and gathers the row's window: the candidates with z >= max - D, D the widest of a schedule
+   with at most NWIN of them (all widths counted at once: a histogram of the first width each candidate passes), so
    every token above the window floor is in it. Sorts the window (count and mass at or above each value: its
    rank and a cumulative sum) to find v* (settle_window). If the kept set lies above the floor, draws among
    the kept window tokens, their noise recomputed from the token ids; otherwise leaves the row pending with
@@ -73,7 +73,8 @@ class CandidateChunks:
         f32, i32 = torch.float32, torch.int32
         return cls(torch.empty((B, C, CH_COLS.value), dtype=f32, device=device),
                    torch.empty((B, C, CH_INT_COLS.value), dtype=i32, device=device),
-                   torch.empty((B, C, capc), dtype=f32, device=device), torch.empty((B, C, capc), dtype=i32, device=device))
+                   torch.empty((B, C, capc), dtype=f32, device=device),
+                   torch.empty((B, C, capc), dtype=i32, device=device))
 
 
 @triton.jit
