@@ -1,4 +1,5 @@
 import os
+import re
 import subprocess
 import sys
 
@@ -14,11 +15,16 @@ def _run(code, env_extra):
 
 
 def test_cpu_mode_matches_the_machine():
+    # without CUDA tritium chooses the interpreter itself; with CUDA it runs kernels there unless the user set it
     if not torch.cuda.is_available():
         assert os.environ["TRITON_INTERPRET"] == "1"
-        assert tritium.platform.INTERPRET and tritium.platform.DEVICE.type == "cpu"
-    elif os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
-        assert not tritium.platform.INTERPRET and tritium.platform.DEVICE.type == "cuda"
+    interpret = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    assert tritium.platform.INTERPRET == interpret
+    assert tritium.platform.DEVICE.type == ("cpu" if interpret else "cuda")
+    assert tritium.platform.HAS_CUDA == torch.cuda.is_available()
+    name = tritium.platform.gpu_name()
+    assert re.fullmatch(r"[a-z0-9-]+", name)  # used in file names (autotune tables, results)
+    assert (name == "cpu") == (not torch.cuda.is_available())
 
 
 def test_import_sets_interpreter_before_triton():
