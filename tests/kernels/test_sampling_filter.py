@@ -10,6 +10,7 @@ import torch
 from hypothesis import assume, given, strategies as st
 
 import tritium
+from tritium.kernels import cooperative
 from tritium.kernels.sampling import (CONFIGS, FILTER_CONFIGS, bracket, filtered, keep_mask_ref, sample,
                                      sample_filtered, sample_probs_ref)
 from sampling_cases import CHI2_CRIT, DEV, GPU, chi_square, filters, masked_plain, params, peaked_bf16, scaled
@@ -178,7 +179,7 @@ def test_candidate_windows_and_general_path(monkeypatch):
     for rounds, programs, paths in ((bracket.ROUNDS, 4, [0, 0, 1, 1, 1, 1]), (bracket.ROUNDS, 16, [0, 0, 1, 1, 1, 1]),
                                     (bracket.ROUNDS, 1, [0, 0, 1, 1, 1, 1]), (0, 4, [0, 0, 1, 2, 2, 2])):
         monkeypatch.setattr(bracket, "ROUNDS", rounds)
-        monkeypatch.setattr(bracket, "INTERPRET_PROGRAMS", programs)
+        monkeypatch.setattr(cooperative, "INTERPRET_PROGRAMS", programs)
         tok.fill_(-1)  # a row no kernel draws must not pass on the previous iteration's token
         lp.fill_(float("nan"))
         sample_filtered(x, t, seeds, offs, kw["top_k"], kw["top_p"], kw["min_p"], tok, lp, state=state)

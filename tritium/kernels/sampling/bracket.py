@@ -40,6 +40,8 @@ import triton
 import triton.language as tl
 
 from tritium.autotune import next_pow2
+from tritium.kernels.cooperative import (coresident_programs, grid_sync, item_chunks, items_per_row, programs,
+                                         selected_row, specialization)
 from tritium.kernels.sampling import exact
 from tritium.kernels.sampling.exact import (BR_COLS, BR_HI, BR_LO, BR_MASS_HI, BR_N_HI, BR_N_WIN, BR_PHASE,
                                             PHASE_BRACKET, PHASE_COUNTED, PHASE_DONE, PHASE_SEQUENTIAL, PHASE_WINDOW,
@@ -56,8 +58,6 @@ PROBE_GROUP = 4  # probes compared at once: [PROBE_GROUP, ROUND_CHUNK] per step
 ROUND_WARPS = 4
 DRAW_BLOCK = 1024  # tokens per loop step of the draw
 DRAW_SMALL = 256  # bracket windows of at most this many values are sorted on a tile this wide
-PROGRAMS_PER_SM = 4  # the persistent grid without a cooperative launch
-INTERPRET_PROGRAMS = 4  # the interpreter's grid: its cost is per program
 
 
 @triton.jit
@@ -73,42 +73,6 @@ def rows_in_phase(ph, PH_MIN: tl.constexpr, PH_MAX: tl.constexpr, BPAD: tl.const
     selected, their number), from which items_per_row and item_chunks lay out the work items."""
     sel = (ph >= PH_MIN) & (ph <= PH_MAX)
     return tl.arange(0, BPAD), sel, tl.cumsum(sel.to(tl.int32), 0) - 1, tl.sum(sel.to(tl.int32))
-
-
-@triton.jit
-def items_per_row(n, C):
-    """Work items for n rows of C chunks on this grid: G consecutive chunks per item, G the fewest that keep
-    the items no more than the programs (one item each; with n above the grid, one row each in turn).
-    Returns (items per row, G)."""
-    per_row = tl.minimum(tl.maximum(tl.num_programs(0) // tl.maximum(n, 1), 1), C)
-    g = (C + per_row - 1) // per_row
-    return (C + g - 1) // g, g
-
-
-@triton.jit
-def selected_row(rows, sel, rank, j):
-    """The id of the selected row of rank j (rows, sel, rank from rows_in_phase), int64."""
-    return tl.sum(tl.where(sel & (rank == j), rows, 0)).to(tl.int64)
-
-
-@triton.jit
-def item_chunks(rows, sel, rank, item, per_row, g, C):
-    """Work item `item`'s row (the selected row of rank item // per_row) and its chunks [c0, c1)."""
-    row = selected_row(rows, sel, rank, item // per_row)
-    c0 = item % per_row * g
-    return row, c0, tl.minimum(c0 + g, C)
-
-
-@triton.jit
-def grid_sync(bar_ptr, target):
-    """Wait until every program of a cooperative launch has arrived: bar_ptr (int32, zero at launch) counts
-    arrivals, target = (syncs so far, this one included) * programs. Stores before it are visible after it
-    (release on arrival, acquire while waiting; the CTA barriers order the program's other threads)."""
-    tl.debug_barrier()
-    tl.atomic_add(bar_ptr, 1, sem="release")
-    while tl.atomic_add(bar_ptr, 0, sem="acquire") < target:
-        pass
-    tl.debug_barrier()
 
 
 @triton.jit
@@ -370,42 +334,11 @@ def draw_pending(logits, temperature, seeds, offsets, filt, flags, pending, out,
         for stage in range(merge + 1):
             _bracket_kernel[(n,)](*args, stage, stage, B, V, C, exact.MAX_ROUNDS, **meta)
 
-
-def programs(device, n_items: int) -> int:
-    """The persistent grid: a few programs per SM (a few in all under the interpreter), never more than items."""
-    if INTERPRET:
-        return max(1, min(n_items, INTERPRET_PROGRAMS))
-    return max(1, min(n_items, PROGRAMS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count))
-
-
-def coresident_programs(compiled, device) -> int:
-    """How many programs of a compiled kernel the whole GPU holds at once (registers, shared memory and
-    threads per SM), the most a cooperative launch may have."""
-    compiled._init_handles()
-    props = torch.cuda.get_device_properties(device)
-    warps = compiled.metadata.num_warps
-    regs_per_warp = -(-compiled.n_regs * 32 // 256) * 256  # allocated per warp in units of 256
-    # registers are split over the SM's 4 sub-partitions, each holding whole warps
-    warps_per_sm = 4 * (props.regs_per_multiprocessor // 4 // regs_per_warp)
-    per_sm = min(warps_per_sm // warps, props.max_threads_per_multi_processor // (32 * warps), 32)
-    if compiled.metadata.shared:
-        smem = -(-compiled.metadata.shared // 128) * 128 + 1024  # in units of 128 bytes, plus 1 KiB per block
-        per_sm = min(per_sm, props.shared_memory_per_multiprocessor // smem)
-    return max(1, per_sm) * props.multi_processor_count
-
-
 _CORESIDENT = {}  # (device, how Triton specializes the arguments, constexprs) -> programs of a cooperative launch
 
 
-def _specialization(values) -> tuple:
-    """What Triton compiles a launch for, beyond the constexprs: tensor dtypes and 16-byte alignment, ints equal
-    to 1 or divisible by 16."""
-    return tuple((v.dtype, v.data_ptr() % 16 == 0) if isinstance(v, torch.Tensor) else
-                 (v == 1, v % 16 == 0) if isinstance(v, int) else None for v in values)
-
-
 def _coresident(dev, args, B, V, C, meta) -> int:
-    key = (str(dev), _specialization((*args, B, V, C)), tuple(sorted(meta.items())))
+    key = (str(dev), specialization((*args, B, V, C)), tuple(sorted(meta.items())))
     if key not in _CORESIDENT:
         compiled = _bracket_kernel.warmup(*args, 0, 1, B, V, C, exact.MAX_ROUNDS, **meta, launch_cooperative_grid=True,
                                           grid=(1,))
