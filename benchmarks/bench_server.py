@@ -73,6 +73,14 @@ def one_request(port: int, prompt, params) -> dict:
     return {"sent": sent, "times": times, "tokens": tokens}
 
 
+def _uvicorn_stack() -> str:
+    """Which HTTP parser and event loop uvicorn's "auto" picks here (httptools / uvloop when installed)."""
+    import importlib.util
+
+    have = [m for m in ("httptools", "uvloop") if importlib.util.find_spec(m)]
+    return "+".join(have) or "h11+asyncio"
+
+
 def percentiles(xs) -> dict:
     qs = statistics.quantiles(xs, n=100, method="inclusive") if len(xs) > 1 else list(xs) * 99
     return {"p50": qs[49], "p90": qs[89], "p99": qs[98]}
@@ -138,6 +146,11 @@ def main():
     wall = max(r["times"][-1] for r in res) - min(r["sent"] for r in res)
     ttft = [r["times"][0] - r["sent"] for r in res]
     itl = [b - a for r in res for a, b in zip(r["times"], r["times"][1:])]
+    # where first tokens wait: by when the request was sent, and on the clock of the first request sent
+    t0 = min(r["sent"] for r in res)
+    by_send = sorted(res, key=lambda r: r["sent"])
+    quarters = [by_send[k * len(res) // 4:(k + 1) * len(res) // 4] for k in range(4)]
+    ttft_by_quarter = [statistics.median(r["times"][0] - r["sent"] for r in q) * 1e3 for q in quarters if q]
 
     with LLM(model, max_model_len=4096, kvcache_block_size=block) as llm:
         start = time.perf_counter()
@@ -149,12 +162,20 @@ def main():
               "server_startup_s": startup, "server_s": wall, "server_tok_per_s": tokens / wall, "generate_s": gen_s,
               "generate_tok_per_s": tokens / gen_s, "server_over_generate": (tokens / wall) / (tokens / gen_s),
               "ttft_ms": {k: v * 1e3 for k, v in percentiles(ttft).items()},
-              "itl_ms": {k: v * 1e3 for k, v in percentiles(itl).items()}}
+              "itl_ms": {k: v * 1e3 for k, v in percentiles(itl).items()},
+              "sent_over_s": by_send[-1]["sent"] - t0,
+              "ttft_p50_ms_by_send_quarter": ttft_by_quarter,
+              "first_token_at_s": percentiles([r["times"][0] - t0 for r in res]),
+              "http": _uvicorn_stack()}
     print(f"{args.preset} on {gpu_name()}: {len(prompts)} requests, {clients} streaming clients, {tokens} output "
           f"tokens; server {tokens / wall:.0f} tok/s ({wall:.2f} s), LLM.generate {tokens / gen_s:.0f} tok/s "
           f"({gen_s:.2f} s): ratio {result['server_over_generate']:.2f}")
     print("TTFT ms", {k: round(v, 1) for k, v in result["ttft_ms"].items()},
           "ITL ms", {k: round(v, 2) for k, v in result["itl_ms"].items()})
+    print(f"requests sent over {result['sent_over_s']:.2f} s; TTFT p50 ms by send-order quarter",
+          [round(v) for v in ttft_by_quarter], "; first tokens at s", {k: round(v, 2) for k, v in
+                                                                    result["first_token_at_s"].items()},
+          "; uvicorn", result["http"])
     if HAS_CUDA:
         import torch
 

@@ -10,9 +10,21 @@ could still become the start of a stop string. Once a stop string appears, the t
 from __future__ import annotations
 
 
+def plain_decoder(tokenizer):
+    """ids -> text as tokenizer.decode(ids, skip_special_tokens=True) gives it. Where transformers only forwards
+    to the Rust tokenizer (a fast tokenizer that cleans up no spaces), that tokenizer's decode, called
+    directly: a streamed token costs two decodes, and transformers' own layer around them is most of their
+    time."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and getattr(tokenizer, "clean_up_tokenization_spaces", True) is False:
+        return lambda ids: backend.decode(ids, skip_special_tokens=True)
+    return lambda ids: tokenizer.decode(ids, skip_special_tokens=True)
+
+
 class IncrementalText:
     def __init__(self, tokenizer, stop: tuple[str, ...] | list[str] = ()):
         self.tokenizer = tokenizer
+        self._decode = plain_decoder(tokenizer)
         self.stop = tuple(s for s in stop if s)
         self.hold = max((len(s) for s in self.stop), default=1) - 1
         self.token_ids: list[int] = []
@@ -20,9 +32,6 @@ class IncrementalText:
         self.stopped = False
         self._decoded = ""  # all complete text so far (released or held back)
         self._prefix = self._read = 0  # token_ids[_prefix:_read] decode to the end of _decoded
-
-    def _decode(self, ids) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     def _grow(self, final: bool) -> None:
         ids = self.token_ids
