@@ -54,19 +54,30 @@ def start_server(model: str, port: int, block_size: int, timeout_s: float = 900)
 
 def one_request(port: int, prompt, params) -> dict:
     body = {"model": "bench", "prompt": prompt, "max_tokens": params.max_tokens, "temperature": params.temperature,
-            "ignore_eos": params.ignore_eos, "stream": True, "stream_options": {"include_usage": True}}
+            "ignore_eos": params.ignore_eos, "stream": True, "stream_options": {"include_usage": True},
+            # an event for every piece of tokens, text or not: the synthetic checkpoints' tokenizer covers few
+            # of their ids, and a stream sends no event for tokens without text
+            "return_token_ids": True}
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
     sent = time.perf_counter()
     conn.request("POST", "/v1/completions", body=json.dumps(body), headers={"Content-Type": "application/json"})
     resp = conn.getresponse()
     assert resp.status == 200, resp.read()
-    times, last = [], None
-    for line in resp:
-        if line.startswith(b"data: "):
-            if line.startswith(b"data: [DONE]"):
-                break
-            times.append(time.perf_counter())
-            last = line
+    # read1 returns what has arrived (iterating over lines would wait for a full buffer and bunch the events)
+    times, last, buf, done = [], None, b"", False
+    while not done:
+        data = resp.read1(65536)
+        if not data:
+            break
+        now = time.perf_counter()
+        buf += data
+        *events, buf = buf.split(b"\n\n")
+        for event in events:
+            if event.startswith(b"data: [DONE]"):
+                done = True
+            elif event.startswith(b"data: "):
+                times.append(now)
+                last = event
     conn.close()
     tokens = json.loads(last[6:])["usage"]["completion_tokens"]  # the usage event comes last
     times.pop()  # ... and is not a token
