@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tritium.engine.detokenize import IncrementalText
+from tritium.engine.detokenize import IncrementalText, plain_decoder
 
 
 @pytest.fixture(scope="module")
@@ -43,3 +43,21 @@ def test_a_stop_string_cuts_the_text_before_it(tokenizer, ids, data):
     # cut at the first place the stop string shows up in the text decoded so far
     assert released == tokenizer.decode(text.token_ids, skip_special_tokens=True).split(stop)[0]
     assert full.startswith(released) or "\ufffd" in full
+
+
+class _Stub:
+    """A tokenizer whose decode marks its output, beside a backend that marks its own."""
+
+    def __init__(self, clean_up):
+        self.clean_up_tokenization_spaces = clean_up
+        self.backend_tokenizer = type("Backend", (), {"decode": lambda self, ids, skip_special_tokens: "rust"})()
+
+    def decode(self, ids, skip_special_tokens):
+        return "transformers"
+
+
+@given(ids=TOKENS)
+def test_the_rust_decoder_stands_in_only_where_it_gives_the_same_text(tokenizer, ids):
+    assert plain_decoder(tokenizer)(ids) == tokenizer.decode(ids, skip_special_tokens=True)
+    assert plain_decoder(_Stub(False))(ids) == "rust"  # transformers would only forward to it
+    assert plain_decoder(_Stub(True))(ids) == "transformers"  # it would clean up spaces after
