@@ -23,7 +23,6 @@ def plain_decoder(tokenizer):
 
 class IncrementalText:
     def __init__(self, tokenizer, stop: tuple[str, ...] | list[str] = ()):
-        self.tokenizer = tokenizer
         self._decode = plain_decoder(tokenizer)
         self.stop = tuple(s for s in stop if s)
         self.hold = max((len(s) for s in self.stop), default=1) - 1

@@ -29,7 +29,8 @@ def items_per_row(n, C):
 
 @triton.jit
 def selected_row(rows, sel, rank, j):
-    """The id of the selected row of rank j (rows, sel, rank from rows_in_phase), int64."""
+    """The id of the selected row of rank j, int64 (rows: row ids; sel: which are selected; rank: each one's
+    rank among the selected)."""
     return tl.sum(tl.where(sel & (rank == j), rows, 0)).to(tl.int64)
 
 
