@@ -1,7 +1,7 @@
 """Paged attention for one layer, and the per-step metadata every layer reads.
 
 The metadata is built by the model runner for each step and passed down the forward explicitly. The layer
-stores the step's new K/V into its paged cache (slot_mapping), then attends: decode rows (one new token
+stores the step's new K/V into its paged cache (`store`, at slot_mapping), then attends (`attend`): decode rows (one new token
 each, first in the step) through the split-KV decode kernel, prefill chunks through the varlen prefill
 kernel (cached prefix + earlier chunks + causal new tokens); a mixed step runs both into one output.
 """
@@ -40,17 +40,22 @@ class Attention(nn.Module):
         # Set by the model runner once the cache is allocated: [num_blocks, block_size, Hkv, D] each.
         self.k_cache = self.v_cache = torch.empty(0)
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+    def store(self, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor) -> None:
+        """Write the step's k, v [T, Hkv, D] into the paged cache at slots [T] (-1 skips the row)."""
         if self.k_cache.numel() == 0:
             raise RuntimeError("attention has no KV cache; the model runner allocates it before any forward")
-        store_kv(k, v, self.k_cache, self.v_cache, meta.slot_mapping)
+        store_kv(k, v, self.k_cache, self.v_cache, slots)
+
+    def attend(self, q: torch.Tensor, meta: AttentionMetadata, out: torch.Tensor | None = None) -> torch.Tensor:
+        """o [T, Hq, D] for q [T, Hq, D] over the cache (the step's K/V stored already), into `out` if given."""
         kc, vc, d = self.k_cache, self.v_cache, meta.num_decodes
         if meta.cu_seqlens_q is None:
-            return decode_attention(q, kc, vc, meta.seq_lens, meta.block_tables, self.scale)
+            return decode_attention(q, kc, vc, meta.seq_lens, meta.block_tables, self.scale, out=out)
         if d == 0:
             return prefill_attention(q, kc, vc, meta.cu_seqlens_q, meta.seq_lens, meta.block_tables,
-                                     meta.max_seqlen_q, self.scale)
-        out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+                                     meta.max_seqlen_q, self.scale, out=out)
+        if out is None:
+            out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
         decode_attention(q[:d], kc, vc, meta.seq_lens[:d], meta.block_tables[:d], self.scale, out=out[:d])
         prefill_attention(q[d:], kc, vc, meta.cu_seqlens_q, meta.seq_lens[d:], meta.block_tables[d:],
                           meta.max_seqlen_q, self.scale, out=out[d:])

@@ -6,7 +6,8 @@ post-attention add+RMSNorm, gate/up projection, SiLU-and-mul, down projection. T
 switches of `DecoderSpec` (which projections have a bias, whether q/k are normed) and in the RoPE frequencies
 (Llama 3.1's rescaled ones, see model_inv_freq). The residual stream is kept in the model dtype, as in
 transformers. `forward` returns hidden states for all new tokens; `compute_logits` runs the LM head only on
-the rows that sample.
+the rows that sample. The forward is its pieces (`piece`: everything between two attention calls, KV store
+included) with `attend` in between, so the engine can replay the pieces from CUDA graphs.
 """
 from __future__ import annotations
 
@@ -69,17 +70,20 @@ class DecoderAttention(nn.Module):
         self.rope = rope  # [max_position, head_dim] fp32 cos/sin table, shared by all layers
         self.attn = Attention(self.num_heads, self.num_kv_heads, d, d**-0.5)
 
-    def forward(self, positions: torch.Tensor, hidden: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+    def start(self, positions: torch.Tensor, hidden: torch.Tensor, slots: torch.Tensor,
+              qkv_out: torch.Tensor | None = None) -> torch.Tensor:
+        """Up to the attention: the packed projection (into qkv_out [T, (Hq + 2 Hkv) * D] when given), q/k norm
+        and RoPE in place, the KV store at slots [T] (-1 skips). Returns q [T, Hq, D], a view of the qkv rows."""
         t, d = hidden.shape[0], self.head_dim
-        qkv = self.qkv_proj(hidden)  # [T, (Hq + 2 Hkv) * D]
+        qkv = self.qkv_proj(hidden, out=qkv_out)  # [T, (Hq + 2 Hkv) * D]
         q, k, v = qkv.split([self.num_heads * d, self.num_kv_heads * d, self.num_kv_heads * d], dim=-1)
         q, k, v = q.view(t, self.num_heads, d), k.view(t, self.num_kv_heads, d), v.view(t, self.num_kv_heads, d)
         if self.qk_norm:
             qk_norm_rope(q, k, self.q_norm.weight, self.k_norm.weight, self.q_norm.eps, positions, self.rope)
         else:
             apply_rope(q, k, positions, self.rope)
-        o = self.attn(q, k, v, meta)  # [T, Hq, D]
-        return self.o_proj(o.view(t, self.num_heads * d))
+        self.attn.store(k, v, slots)
+        return q
 
 
 class DecoderMLP(nn.Module):
@@ -101,13 +105,18 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def forward(self, positions, hidden, residual, meta):
+    def start(self, positions, hidden, residual, slots, qkv_out=None):
+        """The layer up to its attention: (q [T, Hq, D], residual); see DecoderAttention.start."""
         if residual is None:
             residual = hidden
             hidden = self.input_layernorm(hidden)
         else:
             hidden, residual = self.input_layernorm(hidden, residual)
-        hidden = self.self_attn(positions, hidden, meta)
+        return self.self_attn.start(positions, hidden, slots, qkv_out), residual
+
+    def finish(self, o, residual):
+        """The layer after its attention output o [T, Hq, D]: (hidden, residual)."""
+        hidden = self.self_attn.o_proj(o.view(o.shape[0], -1))
         hidden, residual = self.post_attention_layernorm(hidden, residual)
         return self.mlp(hidden), residual
 
@@ -124,12 +133,29 @@ class DecoderModel(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(cfg, spec, self.rope) for _ in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
+    def piece(self, i: int, x, residual, positions, slots, qkv_out=None):
+        """The work between attention i - 1 and attention i, which is all of the forward but the attention
+        kernels (engine/piecewise.py replays each piece from a CUDA graph): piece 0 embeds the ids x and
+        starts layer 0, piece i finishes layer i - 1 on its attention output x and starts layer i, piece L
+        (= layers) finishes the last layer and applies the final norm. Returns (q of layer i, residual), or
+        (hidden, None) from piece L."""
+        if i == 0:
+            hidden = self.embed_tokens(x)
+        else:
+            hidden, residual = self.layers[i - 1].finish(x, residual)
+        if i == len(self.layers):
+            return self.norm(hidden, residual)[0], None
+        return self.layers[i].start(positions, hidden, residual, slots, qkv_out)
+
+    def attend(self, i: int, q, meta, out=None):
+        """Attention of layer i over the paged cache: o [T, Hq, D] (into `out` when given)."""
+        return self.layers[i].self_attn.attn.attend(q, meta, out=out)
+
     def forward(self, input_ids, positions, meta):
-        hidden, residual = self.embed_tokens(input_ids), None
-        for layer in self.layers:
-            hidden, residual = layer(positions, hidden, residual, meta)
-        hidden, _ = self.norm(hidden, residual)
-        return hidden
+        x, residual = self.piece(0, input_ids, None, positions, meta.slot_mapping)
+        for i in range(len(self.layers)):
+            x, residual = self.piece(i + 1, self.attend(i, x, meta), residual, positions, meta.slot_mapping)
+        return x
 
 
 class DecoderForCausalLM(nn.Module):
@@ -154,6 +180,17 @@ class DecoderForCausalLM(nn.Module):
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         """input_ids, positions [T] -> hidden states [T, hidden]."""
         return self.model(input_ids, positions, meta)
+
+    @property
+    def num_pieces(self) -> int:
+        """Pieces of the forward between its attention calls (DecoderModel.piece): layers + 1."""
+        return len(self.model.layers) + 1
+
+    def piece(self, i: int, x, residual, positions, slots, qkv_out=None):
+        return self.model.piece(i, x, residual, positions, slots, qkv_out)
+
+    def attend(self, i: int, q, meta: AttentionMetadata, out=None) -> torch.Tensor:
+        return self.model.attend(i, q, meta, out)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [N, hidden] (only the rows that sample) -> logits [N, vocab], on every rank under TP."""

@@ -58,8 +58,13 @@ class LinearBase(nn.Module):
             loaded = loaded.narrow(dim, self.tp_rank * size, size)
         default_weight_loader(param, loaded)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
+    def forward(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """y = x W^T + b, into `out` [T, out_local] when given (a static buffer a CUDA graph writes)."""
+        if out is None:
+            return F.linear(x, self.weight, self.bias)
+        if self.bias is None:
+            return torch.mm(x, self.weight.t(), out=out)
+        return torch.addmm(self.bias, x, self.weight.t(), out=out)
 
 
 class ColumnParallelLinear(LinearBase):
