@@ -1,9 +1,10 @@
 """Paged attention for one layer, and the per-step metadata every layer reads.
 
 The metadata is built by the model runner for each step and passed down the forward explicitly. The layer
-stores the step's new K/V into its paged cache (`store`, at slot_mapping), then attends (`attend`): decode rows (one new token
-each, first in the step) through the split-KV decode kernel, prefill chunks through the varlen prefill
-kernel (cached prefix + earlier chunks + causal new tokens); a mixed step runs both into one output.
+stores the step's new K/V into its paged cache (`store`, at slot_mapping), then attends (`attend`): decode
+rows (one new token each, first in the step) through the split-KV decode kernel, prefill chunks through the
+varlen prefill kernel (cached prefix + earlier chunks + causal new tokens); a mixed step runs both into one
+output.
 """
 from __future__ import annotations
 

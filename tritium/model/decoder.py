@@ -135,7 +135,7 @@ class DecoderModel(nn.Module):
 
     def piece(self, i: int, x, residual, positions, slots, qkv_out=None):
         """The work between attention i - 1 and attention i, which is all of the forward but the attention
-        kernels (engine/piecewise.py replays each piece from a CUDA graph): piece 0 embeds the ids x and
+        kernels (so each piece can be replayed from a CUDA graph): piece 0 embeds the ids x and
         starts layer 0, piece i finishes layer i - 1 on its attention output x and starts layer i, piece L
         (= layers) finishes the last layer and applies the final norm. Returns (q of layer i, residual), or
         (hidden, None) from piece L."""
@@ -180,17 +180,6 @@ class DecoderForCausalLM(nn.Module):
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         """input_ids, positions [T] -> hidden states [T, hidden]."""
         return self.model(input_ids, positions, meta)
-
-    @property
-    def num_pieces(self) -> int:
-        """Pieces of the forward between its attention calls (DecoderModel.piece): layers + 1."""
-        return len(self.model.layers) + 1
-
-    def piece(self, i: int, x, residual, positions, slots, qkv_out=None):
-        return self.model.piece(i, x, residual, positions, slots, qkv_out)
-
-    def attend(self, i: int, q, meta: AttentionMetadata, out=None) -> torch.Tensor:
-        return self.model.attend(i, q, meta, out)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [N, hidden] (only the rows that sample) -> logits [N, vocab], on every rank under TP."""
