@@ -56,8 +56,13 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--preset", default="qwen3-0.6b")
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 64])
+    ap.add_argument("--piecewise-graph-tokens", type=int, default=8192,
+                    help="prefill steps up to this many tokens replay piecewise CUDA graphs (0: eager)")
     args = ap.parse_args()
-    llm = LLM(str(ensure_checkpoint(args.preset)), max_model_len=4096)
+    start = time.perf_counter()
+    llm = LLM(str(ensure_checkpoint(args.preset)), max_model_len=4096,
+              piecewise_graph_tokens=args.piecewise_graph_tokens)
+    startup_s = time.perf_counter() - start
     rows = [measure(llm, b, salt=i) for i, b in enumerate(args.batches)]
     weights = sum(p.numel() * p.element_size() for p in llm.runner.model.parameters())
     kv_per_token = llm.runner.kv_cache[:, :, 0, 0].nbytes  # K and V of one token, all layers
@@ -67,11 +72,14 @@ def main():
     floor_ms = 1e3 * (weights + kv_per_token * mean_context) / bw
     for r in rows:
         print(f"batch {r['batch']:3d}: TTFT {r['ttft_ms']:7.2f} ms, TPOT {r['tpot_ms']:6.3f} ms")
+    print(f"start-up {startup_s:.1f} s (piecewise_graph_tokens={args.piecewise_graph_tokens})")
     print(f"batch-1 decode floor {floor_ms:.3f} ms ({weights / 1e9:.2f} GB weights + KV at {bw / 1e12:.2f} TB/s "
           f"copy)")
     out = {"date": time.strftime("%Y-%m-%d"), "gpu": torch.cuda.get_device_name(), "prompt_tokens": PROMPT,
-           "output_tokens": OUTPUT, "copy_bytes_per_s": bw, "batch1_floor_ms": floor_ms, "rows": rows}
-    path = ROOT / "benchmarks" / "results" / gpu_name() / "latency.json"
+           "output_tokens": OUTPUT, "copy_bytes_per_s": bw, "batch1_floor_ms": floor_ms,
+           "piecewise_graph_tokens": args.piecewise_graph_tokens, "startup_s": startup_s, "rows": rows}
+    name = "latency.json" if args.piecewise_graph_tokens == 8192 else f"latency_pw{args.piecewise_graph_tokens}.json"
+    path = ROOT / "benchmarks" / "results" / gpu_name() / name
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1))
 

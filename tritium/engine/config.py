@@ -48,6 +48,8 @@ class EngineConfig:
     gpu_memory_utilization: fraction of the GPU's memory the engine may use in total (KV cache sizing).
     tensor_parallel_size: number of GPUs the model is split over.
     enforce_eager: True disables CUDA graphs.
+    piecewise_graph_tokens: prefill and mixed steps up to this many tokens replay CUDA graphs of the forward's
+        pieces between attention calls (captured per token bucket at start-up); 0 runs them eagerly.
     kvcache_block_size: tokens per KV block; a power of two in [16, 256].
     num_kvcache_blocks: KV blocks to allocate; -1 sizes the cache from free memory.
     enable_prefix_caching: reuse KV blocks of identical prompt prefixes across requests.
@@ -63,6 +65,7 @@ class EngineConfig:
     gpu_memory_utilization: float = 0.9
     tensor_parallel_size: int = 1
     enforce_eager: bool = False
+    piecewise_graph_tokens: int = 8192
     kvcache_block_size: int = 256
     num_kvcache_blocks: int = -1
     enable_prefix_caching: bool = True
@@ -77,6 +80,7 @@ class EngineConfig:
         _check_int("max_model_len", self.max_model_len, 1)
         _check_int("tensor_parallel_size", self.tensor_parallel_size, 1)
         _check_int("seed", self.seed, 0)
+        _check_int("piecewise_graph_tokens", self.piecewise_graph_tokens, 0)
         u = self.gpu_memory_utilization
         if isinstance(u, bool) or not isinstance(u, (int, float)) or not (0.0 < u <= 1.0):
             raise ValueError(f"gpu_memory_utilization must be a number in (0, 1], got {u!r}")

@@ -6,7 +6,9 @@
   blocking; `.tolist()` waits), so the engine can schedule the next step while this one runs. Inputs whose id
   is a placeholder (sampled by the previous step, see scheduler.py) are taken from that step's ids on the
   device.
-- Steps with prefill chunks (possibly after decode rows: a mixed step) run eagerly. Pure decode steps replay a
+- Steps with prefill chunks (possibly after decode rows: a mixed step) replay the forward's pieces from CUDA
+  graphs at the next token bucket, attention eager between them (piecewise.py), up to piecewise_graph_tokens;
+  larger ones run eagerly. Pure decode steps replay a
   CUDA graph captured at the next bucketed batch size (1, 2, 4, 8, 16, 32, 48, ... up to max_running) over
   static input buffers: the model, the LM head and sampling, one graph for plain sampling and one with the
   top-k / top-p / min-p filters. Padded rows have context length 0 and slot -1, so they read and write no KV,
@@ -23,6 +25,7 @@ import torch
 from tritium import distributed
 from tritium.engine.config import EngineConfig
 from tritium.engine.batch import ScheduledBatch, StepPlan
+from tritium.engine.piecewise import PiecewiseGraphs
 from tritium.kernels.sampling import sample
 from tritium.model.attention import (AttentionMetadata, allocate_kv_cache, kv_cache_bytes_per_block,
                                      release_kv_cache)
@@ -69,8 +72,14 @@ class ModelRunner:
         self.kv_cache = allocate_kv_cache(self.model, self.num_blocks, self.block_size, self.dtype, device)
         self.graphs: dict[int, dict[bool, torch.cuda.CUDAGraph]] = {}  # bucket -> filtered? -> graph
         self._last_sampled = torch.empty(0, dtype=torch.int64, device=device)  # the last step's ids
+        self.piecewise: PiecewiseGraphs | None = None
         if device.type == "cuda" and not config.enforce_eager:
             self._capture_decode_graphs()
+            if self._piecewise_tokens():
+                self.piecewise = PiecewiseGraphs(self.model.model, self._piecewise_tokens(), device)
+
+    def _piecewise_tokens(self) -> int:
+        return min(self.config.max_num_batched_tokens, self.config.piecewise_graph_tokens)
 
     # ---- KV cache sizing ---------------------------------------------------------------------------------
     def _auto_num_blocks(self) -> int:
@@ -85,10 +94,11 @@ class ModelRunner:
         stats = torch.cuda.memory_stats()
         peak, current = stats["allocated_bytes.all.peak"], stats["allocated_bytes.all.current"]
         activations = max(0, peak - cache_bytes - current)  # the largest step's transient tensors
-        # The decode graphs keep their own pool: activations of max_bs rows, budgeted at the same rate per row,
-        # and their logits (with room for the sampling scratch).
+        # The decode and piecewise graphs keep their own pools: activations of max_bs rows and of the largest
+        # piecewise bucket, budgeted at the same rate per row, and the decode logits (with the sampling scratch).
         logits = self.max_bs * self.hf_config.vocab_size * (self.dtype.itemsize + 4)
-        graphs = 0 if self.config.enforce_eager else activations * self.max_bs // max(tokens, 1) + logits
+        graph_rows = self.max_bs + self._piecewise_tokens()
+        graphs = 0 if self.config.enforce_eager else activations * graph_rows // max(tokens, 1) + logits
         budget = total * self.config.gpu_memory_utilization - (total - free) - activations - graphs
         num_blocks = int(budget // per_block)
         if num_blocks < self.max_blocks_per_seq:
@@ -171,7 +181,10 @@ class ModelRunner:
         meta, ids, pos = self._device_inputs(x.input_ids, x.positions, x.slot_mapping, x.query_lens,
                                              x.context_lens, x.block_tables, plan.num_decodes)
         self._take_pending(ids, x)
-        hidden = self.model(ids, pos, meta)
+        if self.piecewise is not None and self.piecewise.bucket(len(ids)) is not None:
+            hidden = self.piecewise.forward(ids, pos, meta)
+        else:
+            hidden = self.model(ids, pos, meta)
         if plan.is_prefill:
             hidden = hidden[self._tensor(x.sample_rows, torch.int64)] if x.sample_rows else hidden[:0]
         if not x.sample_rows:
@@ -280,7 +293,7 @@ class ModelRunner:
     def close(self) -> None:
         """Drop the graphs and the KV cache so their memory can be reused."""
         self.graphs.clear()
-        self.static = {}
+        self.static, self.piecewise = {}, None
         release_kv_cache(self.model)
         self.kv_cache = None
         if self.device.type == "cuda":
