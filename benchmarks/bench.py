@@ -41,6 +41,8 @@ def main():
     ap.add_argument("--preset", default="qwen3-0.6b" if HAS_CUDA else "tiny")
     ap.add_argument("--num-seqs", type=int, default=256 if HAS_CUDA else 4)
     ap.add_argument("--enforce-eager", action="store_true")
+    ap.add_argument("--piecewise-graph-tokens", type=int, default=8192,
+                    help="prefill / mixed steps up to this many tokens replay piecewise CUDA graphs (0: eager)")
     ap.add_argument("--tensor-parallel-size", type=int, default=1)
     ap.add_argument("--peer", choices=["transformers"], help="also run a peer engine on the same requests")
     args = ap.parse_args()
@@ -51,7 +53,8 @@ def main():
         prompts, params = workload(args.num_seqs, 48, 16, 8, max_id=1000)  # the tiny vocabulary is 1024
     start = time.perf_counter()
     llm = LLM(model, max_model_len=4096, enforce_eager=args.enforce_eager,
-              kvcache_block_size=256 if HAS_CUDA else 16, tensor_parallel_size=args.tensor_parallel_size)
+              kvcache_block_size=256 if HAS_CUDA else 16, tensor_parallel_size=args.tensor_parallel_size,
+              piecewise_graph_tokens=args.piecewise_graph_tokens)
     startup = time.perf_counter() - start
     held, built = tables.held_keys(), compiles.count()  # start-up ran every kernel shape (GPU)
     start = time.perf_counter()
@@ -74,6 +77,7 @@ def main():
     result = {"date": time.strftime("%Y-%m-%d"), "model": args.model or args.preset, "requests": len(prompts),
               "prompt_tokens": prompt_tokens, "output_tokens": out_tokens, "seconds": elapsed,
               "output_tok_per_s": out_tokens / elapsed, "enforce_eager": args.enforce_eager,
+              "piecewise_graph_tokens": args.piecewise_graph_tokens,
               "tensor_parallel_size": args.tensor_parallel_size,
               "preemptions": llm.scheduler.num_preemptions,
               "startup_s": startup, "tuning_tables": table, "keys_tuned_in_run": tuned_in_run,
@@ -93,7 +97,8 @@ def main():
 
         result["gpu"] = torch.cuda.get_device_name()
         tp = f"_tp{args.tensor_parallel_size}" if args.tensor_parallel_size > 1 else ""
-        name = f"bench{tp}" + ("_eager" if args.enforce_eager else "") + ".json"
+        pw = f"_pw{args.piecewise_graph_tokens}" if args.piecewise_graph_tokens != 8192 else ""
+        name = f"bench{tp}" + ("_eager" if args.enforce_eager else "") + pw + ".json"
         path = ROOT / "benchmarks" / "results" / gpu_name() / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result, indent=1))

@@ -152,4 +152,4 @@ def test_piecewise_prefill_graphs_are_bit_identical_to_the_same_pieces_eager(che
                 steps[plan.num_decodes > 0] += 1
             llm.scheduler.postprocess(batch, runner.launch(batch).tolist())
         print(f"prefill-only steps {steps[False]}, mixed {steps[True]}")
-        assert steps[False] >= 2 and steps[True] >= 2
+        assert steps[False] >= 1 and steps[True] >= 4
