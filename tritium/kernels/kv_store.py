@@ -2,6 +2,8 @@
 
     k_cache[s // B, s % B] = k[t];  v_cache[s // B, s % B] = v[t]     for s = slot_mapping[t] >= 0
 
+The engine's layers store through the RoPE launch instead (rope.py's cache=, the same writes and checks); this
+kernel is the standalone store.
 k, v: [T, Hkv, D] (any strides with a contiguous last dim, e.g. slices of a packed qkv tensor).
 k_cache, v_cache: [num_blocks, B, Hkv, D] (any strides, contiguous last dim), the same dtype as k and v
 (fp16, bf16 or fp32). slot_mapping: [T] int32 or int64, distinct slots; -1 skips the token (CUDA-graph
@@ -110,7 +112,7 @@ _kernel = tuned(
 )
 
 
-def _check_kv(k, v, k_cache, v_cache, slot_mapping) -> None:
+def check_kv(k, v, k_cache, v_cache, slot_mapping) -> None:
     for name, t, dims in (("k", k, 3), ("v", v, 3), ("k_cache", k_cache, 4), ("v_cache", v_cache, 4)):
         if not isinstance(t, torch.Tensor) or t.dim() != dims:
             raise ValueError(f"{name} must be a {dims}-D tensor, got {getattr(t, 'shape', type(t).__name__)}")
@@ -136,7 +138,7 @@ def _check_kv(k, v, k_cache, v_cache, slot_mapping) -> None:
 
 def store_kv(k, v, k_cache, v_cache, slot_mapping, *, config=None) -> None:
     """Copy k, v [T, Hkv, D] into k_cache, v_cache [num_blocks, B, Hkv, D] at slot_mapping (-1 skips)."""
-    _check_kv(k, v, k_cache, v_cache, slot_mapping)
+    check_kv(k, v, k_cache, v_cache, slot_mapping)
     n, h, d = k.shape
     if n == 0 or h * d == 0 or k_cache.shape[0] * k_cache.shape[1] == 0:
         return

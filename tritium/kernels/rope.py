@@ -12,6 +12,9 @@ apply_rope(q [T, Hq, D], k [T, Hkv, D], positions [T], cs): in place, for each h
 qk_norm_rope(q, k, q_weight [D], k_weight [D], eps, positions, cs): in place, x <- rope(head_rms_norm(x, w))
 in one pass; the normalised value is rounded to x's dtype before the rotation, as transformers' q_norm
 output is (see rmsnorm.py for the norm's rounding order).
+Both take an optional KV-cache store (`cache=(v, k_cache, v_cache, slots)`): the same launch also writes the
+rotated k and the untouched v [T, Hkv, D] into the paged caches [num_blocks, B, Hkv, D] at slots [T], as
+kv_store.store_kv does (-1 or a slot past the cache skips the token); one launch and one read of k fewer.
 q and k: fp16, bf16 or fp32 (the same), any strides with a contiguous last dim (slices of a packed qkv
 tensor). positions: int32/int64 in [0, P) (values outside are clamped, never read out of bounds).
 One program handles BLOCK_T tokens and all of their q and k heads, so each cos/sin row is read once.
@@ -25,6 +28,7 @@ import triton
 import triton.language as tl
 
 from tritium.autotune import next_pow2, tuned
+from tritium.kernels.kv_store import check_kv
 from tritium.platform import INTERPRET
 
 CONFIGS = [
@@ -38,7 +42,7 @@ CONFIGS = [
 # The interpreter's config (never used on the GPU): it spends ~15-20 ms per program of this kernel whatever
 # the tile, so up to 128 tokens x all heads per program make a 329-token prefill 3 programs instead of 329.
 INTERPRET_CONFIG = triton.Config({"BLOCK_T": 128}, num_warps=8)
-KEY = ["tokens_bucket", "n_q_heads", "n_kv_heads", "HALF", "NORM"]
+KEY = ["tokens_bucket", "n_q_heads", "n_kv_heads", "HALF", "NORM", "STORE"]
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
@@ -81,12 +85,29 @@ def _norm_rope_store(
         # transformers' rounding: rnd(rnd(x * inv) * w), then RoPE on that stored value.
         x1 = ((x1 * inv).to(dt).to(tl.float32) * w1).to(dt).to(tl.float32)
         x2 = ((x2 * inv).to(dt).to(tl.float32) * w2).to(dt).to(tl.float32)
-    tl.store(p, (x1 * cos - x2 * sin).to(dt), mask=mask)
-    tl.store(p + HALF, (x2 * cos + x1 * sin).to(dt), mask=mask)
+    y1 = (x1 * cos - x2 * sin).to(dt)
+    y2 = (x2 * cos + x1 * sin).to(dt)
+    tl.store(p, y1, mask=mask)
+    tl.store(p + HALF, y2, mask=mask)
+    return y1, y2
+
+
+@triton.jit
+def _cache_ptr(
+    c_ptr,  # [num_blocks, B, H, D]
+    slot,  # [BLOCK_T] int64 cache slots
+    n_heads, stride_b, stride_s, stride_h,
+    BLOCK_SIZE: tl.constexpr, HALF_P2: tl.constexpr, BLOCK_H: tl.constexpr,
+):
+    """Pointers to the first halves of the head vectors at `slot` in a paged cache [BLOCK_T, BLOCK_H, HALF_P2]."""
+    h = tl.arange(0, BLOCK_H)
+    d = tl.arange(0, HALF_P2)
+    row = c_ptr + (slot // BLOCK_SIZE) * stride_b + (slot % BLOCK_SIZE) * stride_s
+    return row[:, None, None] + (h * stride_h)[None, :, None] + d[None, None, :]
 
 
 # variants must not depend on step sizes (autotune.SPECIALIZATION)
-@triton.jit(do_not_specialize=["n_tokens"], do_not_specialize_on_alignment=["pos_ptr"])
+@triton.jit(do_not_specialize=["n_tokens"], do_not_specialize_on_alignment=["pos_ptr", "slot_ptr"])
 def _rope_kernel(
     q_ptr,  # [T, Hq, D]
     k_ptr,  # [T, Hkv, D]
@@ -94,6 +115,13 @@ def _rope_kernel(
     kw_ptr,  # [D] k_norm weight (NORM only)
     pos_ptr,  # [T] int32/int64 positions
     cs_ptr,  # [P, D] fp32 cos | sin
+    v_ptr,  # [T, Hkv, D] (STORE only)
+    kc_ptr,  # [num_blocks, B, Hkv, D] k cache (STORE only)
+    vc_ptr,  # [num_blocks, B, Hkv, D] v cache (STORE only)
+    slot_ptr,  # [T] int32/int64 cache slots, -1 skips (STORE only)
+    n_slots,  # num_blocks * B
+    stride_vt, stride_vh,
+    stride_kcb, stride_kcs, stride_kch, stride_vcb, stride_vcs, stride_vch,  # cache strides of dims 0-2
     n_tokens,  # T
     tokens_bucket,  # next_pow2(T) (autotune key)
     n_q_heads, n_kv_heads,  # Hq, Hkv
@@ -102,6 +130,8 @@ def _rope_kernel(
     stride_cs,  # cs row stride
     eps,
     NORM: tl.constexpr,
+    STORE: tl.constexpr,  # also write k and v into the caches
+    BLOCK_SIZE: tl.constexpr,  # B, the cache's tokens per block (STORE only)
     HALF: tl.constexpr,  # D / 2
     HALF_P2: tl.constexpr,  # next_pow2(D / 2)
     BLOCK_HQ: tl.constexpr,  # next_pow2(Hq)
@@ -133,7 +163,20 @@ def _rope_kernel(
     cos = tl.load(c, mask=cmask, other=0.0)[:, None, :]
     sin = tl.load(c + HALF, mask=cmask, other=0.0)[:, None, :]
     _norm_rope_store(pq, mq, q1, q2, qw1, qw2, cos, sin, eps, NORM, HALF)
-    _norm_rope_store(pk, mk, k1, k2, kw1, kw2, cos, sin, eps, NORM, HALF)
+    k1, k2 = _norm_rope_store(pk, mk, k1, k2, kw1, kw2, cos, sin, eps, NORM, HALF)
+    if STORE:
+        pv, _ = _heads_ptr(v_ptr, t, n_tokens, n_kv_heads, stride_vt, stride_vh, HALF, HALF_P2, BLOCK_HK)
+        v1 = tl.load(pv, mask=mk, other=0.0)
+        v2 = tl.load(pv + HALF, mask=mk, other=0.0)
+        slot = tl.load(slot_ptr + t, mask=t_ok, other=-1).to(tl.int64)
+        keep = mk & ((slot >= 0) & (slot < n_slots))[:, None, None]
+        slot = tl.where(slot >= 0, slot, 0)  # skipped tokens' (masked) addresses stay in range
+        pkc = _cache_ptr(kc_ptr, slot, n_kv_heads, stride_kcb, stride_kcs, stride_kch, BLOCK_SIZE, HALF_P2, BLOCK_HK)
+        pvc = _cache_ptr(vc_ptr, slot, n_kv_heads, stride_vcb, stride_vcs, stride_vch, BLOCK_SIZE, HALF_P2, BLOCK_HK)
+        tl.store(pkc, k1, mask=keep)
+        tl.store(pkc + HALF, k2, mask=keep)
+        tl.store(pvc, v1, mask=keep)
+        tl.store(pvc + HALF, v2, mask=keep)
 
 
 # q and k are rotated in place: the tuner's trials run on copies of them (no restore_value, whose
@@ -187,31 +230,45 @@ def _check_qk(q, k, positions, cos_sin) -> None:
         raise ValueError(f"cos_sin {tuple(cos_sin.shape)} must be [P, {d}], last dim contiguous, on {q.device}")
 
 
-def _launch(q, k, qw, kw, eps, positions, cos_sin, norm, config):
+def _launch(q, k, qw, kw, eps, positions, cos_sin, norm, config, cache):
     n = q.shape[0]
+    if cache is not None:
+        if not isinstance(cache, (tuple, list)) or len(cache) != 4:
+            raise ValueError("cache must be (v, k_cache, v_cache, slots)")
+        check_kv(k, *cache)
     if n == 0:
         return
+    if cache is None:  # the cache arguments go unread; fixed values, so they add no variant
+        v, kc, vc, slots, n_slots, block = k, k, k, positions, 0, 1
+        vs, kcs, vcs = (0, 0), (0, 0, 0), (0, 0, 0)
+    else:
+        v, kc, vc, slots = cache
+        n_slots, block = kc.shape[0] * kc.shape[1], kc.shape[1]
+        vs, kcs, vcs = v.stride()[:2], kc.stride()[:3], vc.stride()[:3]
     d = q.shape[2]
     if config is None and INTERPRET:  # the interpreter's tile, no taller than the problem
         bt = min(INTERPRET_CONFIG.kwargs["BLOCK_T"], next_pow2(n))
         config = triton.Config({"BLOCK_T": bt}, num_warps=INTERPRET_CONFIG.num_warps)
     _kernel(
         lambda meta: (triton.cdiv(n, meta["BLOCK_T"]),),
-        q, k, qw, kw, positions, cos_sin, n, next_pow2(n), q.shape[1], k.shape[1], cos_sin.shape[0],
+        q, k, qw, kw, positions, cos_sin, v, kc, vc, slots, n_slots, *vs, *kcs, *vcs,
+        n, next_pow2(n), q.shape[1], k.shape[1], cos_sin.shape[0],
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), cos_sin.stride(0), float(eps),
-        NORM=norm, HALF=d // 2, HALF_P2=next_pow2(d // 2), BLOCK_HQ=next_pow2(q.shape[1]),
-        BLOCK_HK=next_pow2(k.shape[1]), config=config,
+        NORM=norm, STORE=cache is not None, BLOCK_SIZE=block, HALF=d // 2, HALF_P2=next_pow2(d // 2),
+        BLOCK_HQ=next_pow2(q.shape[1]), BLOCK_HK=next_pow2(k.shape[1]), config=config,
     )
 
 
-def apply_rope(q, k, positions, cos_sin, *, config=None) -> None:
-    """Rotate q [T, Hq, D] and k [T, Hkv, D] in place at positions [T] with a rope_cos_sin cache."""
+def apply_rope(q, k, positions, cos_sin, *, cache=None, config=None) -> None:
+    """Rotate q [T, Hq, D] and k [T, Hkv, D] in place at positions [T] with a rope_cos_sin cache; with
+    cache=(v, k_cache, v_cache, slots) also store k and v at slots (see the module doc)."""
     _check_qk(q, k, positions, cos_sin)
-    _launch(q, k, q, k, 0.0, positions, cos_sin, False, config)
+    _launch(q, k, q, k, 0.0, positions, cos_sin, False, config, cache)
 
 
-def qk_norm_rope(q, k, q_weight, k_weight, eps: float, positions, cos_sin, *, config=None) -> None:
-    """In place: q <- rope(head_rms_norm(q, q_weight)), k <- rope(head_rms_norm(k, k_weight))."""
+def qk_norm_rope(q, k, q_weight, k_weight, eps: float, positions, cos_sin, *, cache=None, config=None) -> None:
+    """In place: q <- rope(head_rms_norm(q, q_weight)), k <- rope(head_rms_norm(k, k_weight)); with
+    cache=(v, k_cache, v_cache, slots) also store the new k and v at slots."""
     _check_qk(q, k, positions, cos_sin)
     for name, w in (("q_weight", q_weight), ("k_weight", k_weight)):
         if not isinstance(w, torch.Tensor) or not w.is_floating_point() or tuple(w.shape) != (q.shape[2],):
@@ -220,7 +277,7 @@ def qk_norm_rope(q, k, q_weight, k_weight, eps: float, positions, cos_sin, *, co
             raise ValueError(f"{name} must be contiguous and on {q.device}")
     if not float(eps) >= 0:
         raise ValueError(f"eps must be >= 0, got {eps}")
-    _launch(q, k, q_weight, k_weight, eps, positions, cos_sin, True, config)
+    _launch(q, k, q_weight, k_weight, eps, positions, cos_sin, True, config, cache)
 
 
 def _rotate_ref(x, cs):

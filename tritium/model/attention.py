@@ -1,7 +1,7 @@
 """Paged attention for one layer, and the per-step metadata every layer reads.
 
-The metadata is built by the model runner for each step and passed down the forward explicitly. The layer
-stores the step's new K/V into its paged cache (`store`, at slot_mapping), then attends (`attend`): decode
+The metadata is built by the model runner for each step and passed down the forward explicitly. The step's
+new K/V go into the layer's paged cache (`kv_cache`, at slot_mapping) first, then it attends (`attend`): decode
 rows (one new token each, first in the step) through the split-KV decode kernel, prefill chunks through the
 varlen prefill kernel (cached prefix + earlier chunks + causal new tokens); a mixed step runs both into one
 output.
@@ -14,7 +14,6 @@ import torch
 from torch import nn
 
 from tritium.kernels.decode_attention import decode_attention
-from tritium.kernels.kv_store import store_kv
 from tritium.kernels.prefill_attention import prefill_attention
 
 
@@ -41,11 +40,12 @@ class Attention(nn.Module):
         # Set by the model runner once the cache is allocated: [num_blocks, block_size, Hkv, D] each.
         self.k_cache = self.v_cache = torch.empty(0)
 
-    def store(self, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor) -> None:
-        """Write the step's k, v [T, Hkv, D] into the paged cache at slots [T] (-1 skips the row)."""
+    def kv_cache(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(k_cache, v_cache) [num_blocks, block_size, Hkv, D] that the step's new K/V are stored into (by the
+        RoPE launch, see decoder.py) before `attend`."""
         if self.k_cache.numel() == 0:
             raise RuntimeError("attention has no KV cache; the model runner allocates it before any forward")
-        store_kv(k, v, self.k_cache, self.v_cache, slots)
+        return self.k_cache, self.v_cache
 
     def attend(self, q: torch.Tensor, meta: AttentionMetadata, out: torch.Tensor | None = None) -> torch.Tensor:
         """o [T, Hq, D] for q [T, Hq, D] over the cache (the step's K/V stored already), into `out` if given."""

@@ -1,8 +1,8 @@
 """Dense decoder-only models on tritium kernels: Qwen3, Qwen2 / Qwen2.5 and Llama (2, 3, 3.1+).
 
 The three share one layer: input RMSNorm (fused with the residual add), packed QKV projection, RoPE (fused with
-Qwen3's per-head q_norm / k_norm, in place on views of the packed QKV), KV store + paged attention, o_proj,
-post-attention add+RMSNorm, gate/up projection, SiLU-and-mul, down projection. They differ only in the
+Qwen3's per-head q_norm / k_norm, in place on views of the packed QKV, the KV store in the same launch), paged
+attention, o_proj, post-attention add+RMSNorm, gate/up projection, SiLU-and-mul, down projection. They differ only in the
 switches of `DecoderSpec` (which projections have a bias, whether q/k are normed) and in the RoPE frequencies
 (Llama 3.1's rescaled ones, see model_inv_freq). The residual stream is kept in the model dtype, as in
 transformers. `forward` returns hidden states for all new tokens; `compute_logits` runs the LM head only on
@@ -78,11 +78,12 @@ class DecoderAttention(nn.Module):
         qkv = self.qkv_proj(hidden, out=qkv_out)  # [T, (Hq + 2 Hkv) * D]
         q, k, v = qkv.split([self.num_heads * d, self.num_kv_heads * d, self.num_kv_heads * d], dim=-1)
         q, k, v = q.view(t, self.num_heads, d), k.view(t, self.num_kv_heads, d), v.view(t, self.num_kv_heads, d)
+        cache = (v, *self.attn.kv_cache(), slots)  # the RoPE launch stores k and v too
         if self.qk_norm:
-            qk_norm_rope(q, k, self.q_norm.weight, self.k_norm.weight, self.q_norm.eps, positions, self.rope)
+            qk_norm_rope(q, k, self.q_norm.weight, self.k_norm.weight, self.q_norm.eps, positions, self.rope,
+                         cache=cache)
         else:
-            apply_rope(q, k, positions, self.rope)
-        self.attn.store(k, v, slots)
+            apply_rope(q, k, positions, self.rope, cache=cache)
         return q
 
 
