@@ -1,7 +1,8 @@
 """Latency at batch 1, 8 and 64: time to first token (TTFT) and time per output token (TPOT) of requests that
 arrive together, with 512-token prompts and 128 greedy output tokens, measured from `LLM.stream` events.
 
-TPOT is (last token time - first token time) / (tokens - 1) per request (median over requests). The batch-1
+TPOT is (last token time - first token time) / (tokens - 1) per request; both are medians over the requests of
+5 rounds per batch size (`--repeats`: one batch-1 request alone varies by 10-20% run to run). The batch-1
 decode floor is the bytes a decode step must read (weights + the context's KV) over the card's copy bandwidth,
 measured in the same run. `python benchmarks/latency.py [--batches 1 8 64]`; writes
 benchmarks/results/<gpu>/latency.json.
@@ -40,22 +41,27 @@ def copy_bandwidth() -> float:
     return 2 * a.nbytes / statistics.median(times[3:])
 
 
-def measure(llm, batch: int, salt: int) -> dict:
-    g = torch.Generator().manual_seed(salt)
-    prompts = [torch.randint(0, 10000, (PROMPT,), generator=g).tolist() for _ in range(batch)]
+def measure(llm, batch: int, salt: int, repeats: int) -> dict:
+    """Medians over `repeats` rounds of `batch` fresh prompts each (no prefix-cache hits between rounds)."""
+    ttft, tpot = [], []
     params = SamplingParams(temperature=0, max_tokens=OUTPUT, ignore_eos=True)
-    start, times = time.perf_counter(), [[] for _ in range(batch)]
-    for event in llm.stream(prompts, params):
-        times[event["index"]].append(time.perf_counter() - start)
-    ttft = [t[0] for t in times]
-    tpot = [(t[-1] - t[0]) / (len(t) - 1) for t in times]
-    return {"batch": batch, "ttft_ms": 1e3 * statistics.median(ttft), "tpot_ms": 1e3 * statistics.median(tpot)}
+    for r in range(repeats):
+        g = torch.Generator().manual_seed(salt * 1000 + r)
+        prompts = [torch.randint(0, 10000, (PROMPT,), generator=g).tolist() for _ in range(batch)]
+        start, times = time.perf_counter(), [[] for _ in range(batch)]
+        for event in llm.stream(prompts, params):
+            times[event["index"]].append(time.perf_counter() - start)
+        ttft += [t[0] for t in times]
+        tpot += [(t[-1] - t[0]) / (len(t) - 1) for t in times]
+    return {"batch": batch, "repeats": repeats, "ttft_ms": 1e3 * statistics.median(ttft),
+            "tpot_ms": 1e3 * statistics.median(tpot)}
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--preset", default="qwen3-0.6b")
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 64])
+    ap.add_argument("--repeats", type=int, default=5, help="rounds per batch size (medians over all)")
     ap.add_argument("--piecewise-graph-tokens", type=int, default=8192,
                     help="prefill steps up to this many tokens replay piecewise CUDA graphs (0: eager)")
     args = ap.parse_args()
@@ -63,7 +69,7 @@ def main():
     llm = LLM(str(ensure_checkpoint(args.preset)), max_model_len=4096,
               piecewise_graph_tokens=args.piecewise_graph_tokens)
     startup_s = time.perf_counter() - start
-    rows = [measure(llm, b, salt=i) for i, b in enumerate(args.batches)]
+    rows = [measure(llm, b, salt=i, repeats=args.repeats) for i, b in enumerate(args.batches)]
     weights = sum(p.numel() * p.element_size() for p in llm.runner.model.parameters())
     kv_per_token = llm.runner.kv_cache[:, :, 0, 0].nbytes  # K and V of one token, all layers
     llm.exit()
