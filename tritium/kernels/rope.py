@@ -12,9 +12,8 @@ apply_rope(q [T, Hq, D], k [T, Hkv, D], positions [T], cs): in place, for each h
 qk_norm_rope(q, k, q_weight [D], k_weight [D], eps, positions, cs): in place, x <- rope(head_rms_norm(x, w))
 in one pass; the normalised value is rounded to x's dtype before the rotation, as transformers' q_norm
 output is (see rmsnorm.py for the norm's rounding order).
-Both take an optional KV-cache store (`cache=(v, k_cache, v_cache, slots)`): the same launch also writes the
-rotated k and the untouched v [T, Hkv, D] into the paged caches [num_blocks, B, Hkv, D] at slots [T], as
-kv_store.store_kv does (-1 or a slot past the cache skips the token); one launch and one read of k fewer.
+Both take `cache=(v, k_cache, v_cache, slots)`: the same launch also stores the rotated k and v [T, Hkv, D] in
+the paged caches at slots [T], as kv_store.store_kv does (-1 skips); one launch and one read of k fewer.
 q and k: fp16, bf16 or fp32 (the same), any strides with a contiguous last dim (slices of a packed qkv
 tensor). positions: int32/int64 in [0, P) (values outside are clamped, never read out of bounds).
 One program handles BLOCK_T tokens and all of their q and k heads, so each cos/sin row is read once.
@@ -179,8 +178,8 @@ def _rope_kernel(
         tl.store(pvc + HALF, v2, mask=keep)
 
 
-# q and k are rotated in place: the tuner's trials run on copies of them (no restore_value, whose
-# clone-and-copy-back the tuner would time with every trial).
+# q and k are rotated in place: the tuner's trials run on copies of them (restore_value's copy-back would be
+# timed with every trial); a trial's cache store rewrites the same values.
 _kernel = tuned(_rope_kernel, CONFIGS, key=KEY, interpret_config=INTERPRET_CONFIG, tune_on_copies=("q_ptr", "k_ptr"),
                name="rope")
 
