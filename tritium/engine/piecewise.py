@@ -7,12 +7,13 @@ grid and metadata follow the sequences), so the forward is split at the attentio
 ids / positions / slots into static buffers padded to the bucket, replays piece i, runs attention i eagerly
 on the real rows, and so on.
 
-Padding rows have id 0, position 0 and slot -1 (no KV write); their q rows are never attended and their o
-rows keep whatever was there, so they change nothing but themselves (every other op is row-wise or a GEMM).
+Padding rows get slot -1 (no KV write) and keep whatever ids / positions / o rows earlier steps left there
+(valid values: zeros or an earlier step's); their q rows are never attended, so they change nothing but
+themselves (every other op is row-wise or a GEMM).
 
 Memory: all buckets' graphs share one pool, captured largest bucket first. Within a bucket only what crosses
-a piece boundary stays alive: the residual and the final hidden (kept referenced per bucket), the q inside the
-static qkv buffer, the attention output in the static o buffer. Intermediates of a piece are dead when it
+a piece boundary stays alive: the residual and the final hidden (kept referenced per bucket), q (a view of the
+static qkv buffer the projection writes into), the attention output in the static o buffer. Intermediates of a piece are dead when it
 ends, so later captures reuse them; replays run in stream order, one bucket at a time.
 """
 from __future__ import annotations
@@ -55,6 +56,7 @@ class PiecewiseGraphs:
         self.qkv = torch.zeros(n, qkv_width, dtype=dtype, device=device)
         self.o = torch.zeros(n, first.num_heads, first.head_dim, dtype=dtype, device=device)
         self.graphs: dict[int, list[torch.cuda.CUDAGraph]] = {}  # bucket -> its pieces
+        self.q: dict[int, torch.Tensor] = {}  # bucket -> q [bucket, Hq, D] the pieces before an attention return
         self.hidden: dict[int, torch.Tensor] = {}  # bucket -> the last piece's output
         self._residuals: dict[int, torch.Tensor] = {}  # bucket -> its residual stream, kept alive across pieces
         if capture:
@@ -93,14 +95,9 @@ class PiecewiseGraphs:
                 pool = graph.pool() if pool is None else pool
                 self.graphs[t].append(graph)
                 if i == 0:
-                    self._residuals[t] = next_residual
+                    self.q[t], self._residuals[t] = x, next_residual
                 residual = next_residual
             self.hidden[t] = x
-
-    def _q(self, n: int) -> torch.Tensor:
-        """q [n, Hq, D] of the first n rows: the leading columns of the static qkv the pieces project into."""
-        heads, d = self.o.shape[1:]
-        return self.qkv[:n].view(n, -1, d)[:, :heads]
 
     def forward(self, ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
                 eager: bool = False) -> torch.Tensor:
@@ -113,12 +110,13 @@ class PiecewiseGraphs:
         self.positions[:n].copy_(positions)
         self.slots[:t].fill_(-1)
         self.slots[:n].copy_(meta.slot_mapping)
-        graphs, (x, residual) = None if eager else self.graphs.get(t), (None, None)
+        graphs, residual, layers = None if eager else self.graphs.get(t), None, len(self.model.layers)
         for i in range(self.num_pieces):
             if graphs:
                 graphs[i].replay()
+                x = self.q[t] if i < layers else self.hidden[t]
             else:
                 x, residual = self._piece(i, t, residual)
-            if i < len(self.model.layers):
-                self.model.attend(i, self._q(n), meta, out=self.o[:n])
-        return (self.hidden[t] if graphs else x)[:n]
+            if i < layers:
+                self.model.attend(i, x[:n], meta, out=self.o[:n])
+        return x[:n]

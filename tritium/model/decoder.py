@@ -2,10 +2,10 @@
 
 The three share one layer: input RMSNorm (fused with the residual add), packed QKV projection, RoPE (fused with
 Qwen3's per-head q_norm / k_norm, in place on views of the packed QKV, the KV store in the same launch), paged
-attention, o_proj, post-attention add+RMSNorm, gate/up projection, SiLU-and-mul, down projection. They differ only in the
-switches of `DecoderSpec` (which projections have a bias, whether q/k are normed) and in the RoPE frequencies
-(Llama 3.1's rescaled ones, see model_inv_freq). The residual stream is kept in the model dtype, as in
-transformers. `forward` returns hidden states for all new tokens; `compute_logits` runs the LM head only on
+attention, o_proj, post-attention add+RMSNorm, gate/up projection, SiLU-and-mul, down projection. They differ
+only in the switches of `DecoderSpec` (which projections have a bias, whether q/k are normed) and in the RoPE
+frequencies (Llama 3.1's rescaled ones, see model_inv_freq). The residual stream is kept in the model dtype, as
+in transformers. `forward` returns hidden states for all new tokens; `compute_logits` runs the LM head only on
 the rows that sample. The forward is its pieces (`piece`: everything between two attention calls, KV store
 included) with `attend` in between, so the engine can replay the pieces from CUDA graphs.
 """
@@ -136,7 +136,7 @@ class DecoderModel(nn.Module):
 
     def piece(self, i: int, x, residual, positions, slots, qkv_out=None):
         """The work between attention i - 1 and attention i, which is all of the forward but the attention
-        kernels (so each piece can be replayed from a CUDA graph): piece 0 embeds the ids x and
+        kernels (engine/piecewise.py replays each piece from a CUDA graph): piece 0 embeds the ids x and
         starts layer 0, piece i finishes layer i - 1 on its attention output x and starts layer i, piece L
         (= layers) finishes the last layer and applies the final norm. Returns (q of layer i, residual), or
         (hidden, None) from piece L."""
