@@ -23,6 +23,7 @@ sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != 
 
 from tritium import LLM, SamplingParams  # noqa: E402
 from tritium.autotune import compiles, tables  # noqa: E402
+from tritium.engine.config import PIECEWISE_GRAPH_TOKENS  # noqa: E402
 from tritium.model.synthetic import ensure_checkpoint  # noqa: E402
 from tritium.platform import HAS_CUDA, gpu_name  # noqa: E402
 
@@ -41,7 +42,7 @@ def main():
     ap.add_argument("--preset", default="qwen3-0.6b" if HAS_CUDA else "tiny")
     ap.add_argument("--num-seqs", type=int, default=256 if HAS_CUDA else 4)
     ap.add_argument("--enforce-eager", action="store_true")
-    ap.add_argument("--piecewise-graph-tokens", type=int, default=8192,
+    ap.add_argument("--piecewise-graph-tokens", type=int, default=PIECEWISE_GRAPH_TOKENS,
                     help="prefill / mixed steps up to this many tokens replay piecewise CUDA graphs (0: eager)")
     ap.add_argument("--tensor-parallel-size", type=int, default=1)
     ap.add_argument("--peer", choices=["transformers"], help="also run a peer engine on the same requests")
@@ -97,7 +98,7 @@ def main():
 
         result["gpu"] = torch.cuda.get_device_name()
         tp = f"_tp{args.tensor_parallel_size}" if args.tensor_parallel_size > 1 else ""
-        pw = f"_pw{args.piecewise_graph_tokens}" if args.piecewise_graph_tokens != 8192 else ""
+        pw = f"_pw{args.piecewise_graph_tokens}" if args.piecewise_graph_tokens != PIECEWISE_GRAPH_TOKENS else ""
         name = f"bench{tp}" + ("_eager" if args.enforce_eager else "") + pw + ".json"
         path = ROOT / "benchmarks" / "results" / gpu_name() / name
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from tritium import LLM, SamplingParams  # noqa: E402
+from tritium.engine.config import PIECEWISE_GRAPH_TOKENS  # noqa: E402
 from tritium.model.synthetic import ensure_checkpoint  # noqa: E402
 from tritium.platform import gpu_name  # noqa: E402
 
@@ -62,7 +63,7 @@ def main():
     ap.add_argument("--preset", default="qwen3-0.6b")
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 64])
     ap.add_argument("--repeats", type=int, default=5, help="rounds per batch size (medians over all)")
-    ap.add_argument("--piecewise-graph-tokens", type=int, default=8192,
+    ap.add_argument("--piecewise-graph-tokens", type=int, default=PIECEWISE_GRAPH_TOKENS,
                     help="prefill steps up to this many tokens replay piecewise CUDA graphs (0: eager)")
     args = ap.parse_args()
     start = time.perf_counter()
@@ -84,7 +85,8 @@ def main():
     out = {"date": time.strftime("%Y-%m-%d"), "gpu": torch.cuda.get_device_name(), "prompt_tokens": PROMPT,
            "output_tokens": OUTPUT, "copy_bytes_per_s": bw, "batch1_floor_ms": floor_ms,
            "piecewise_graph_tokens": args.piecewise_graph_tokens, "startup_s": startup_s, "rows": rows}
-    name = "latency.json" if args.piecewise_graph_tokens == 8192 else f"latency_pw{args.piecewise_graph_tokens}.json"
+    pw = args.piecewise_graph_tokens
+    name = "latency.json" if pw == PIECEWISE_GRAPH_TOKENS else f"latency_pw{pw}.json"
     path = ROOT / "benchmarks" / "results" / gpu_name() / name
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1))

@@ -24,6 +24,9 @@ _DTYPES = {
 }
 
 
+PIECEWISE_GRAPH_TOKENS = 8192  # default largest step replayed from piecewise graphs
+
+
 def _check_int(name: str, value, minimum: int) -> None:
     if not is_int(value):
         raise ValueError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
@@ -65,7 +68,7 @@ class EngineConfig:
     gpu_memory_utilization: float = 0.9
     tensor_parallel_size: int = 1
     enforce_eager: bool = False
-    piecewise_graph_tokens: int = 8192
+    piecewise_graph_tokens: int = PIECEWISE_GRAPH_TOKENS
     kvcache_block_size: int = 256
     num_kvcache_blocks: int = -1
     enable_prefix_caching: bool = True
