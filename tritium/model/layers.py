@@ -1,9 +1,7 @@
 """Tensor-parallel-ready layers. Each parameter holds only this rank's shard and carries a `weight_loader`
 that cuts that shard out of the full checkpoint tensor, so the loader never needs to know the layout.
 
-With tensor parallel size 1 (no process group) every layer is the plain one. Matmuls go through torch (cuBLAS),
-except a CUDA matmul of at most skinny_linear.MAX_ROWS rows (a small decode batch): that one streams the weight
-through tritium's few-row kernel, which cuBLAS's few-row tiles trail at these sizes.
+With tensor parallel size 1 (no process group) every layer is the plain one. Matmuls go through torch (cuBLAS).
 """
 from __future__ import annotations
 
@@ -11,8 +9,6 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-
-from tritium.kernels.skinny_linear import MAX_ROWS, skinny_linear
 
 
 def tp_rank_and_size() -> tuple[int, int]:
@@ -31,18 +27,6 @@ def default_weight_loader(param: nn.Parameter, loaded: torch.Tensor) -> None:
     if param.shape != loaded.shape:
         raise ValueError(f"shape mismatch: checkpoint {tuple(loaded.shape)} vs parameter {tuple(param.shape)}")
     param.data.copy_(loaded)
-
-
-def matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-           out: torch.Tensor | None = None) -> torch.Tensor:
-    """x @ weight^T (+ bias), into `out` when given: the few-row kernel for a small CUDA batch, else cuBLAS."""
-    if x.is_cuda and x.dim() == 2 and 1 <= x.shape[0] <= MAX_ROWS and x.stride(1) == 1:
-        return skinny_linear(x, weight, bias, out=out)
-    if out is None:
-        return F.linear(x, weight, bias)
-    if bias is None:
-        return torch.mm(x, weight.t(), out=out)
-    return torch.addmm(bias, x, weight.t(), out=out)
 
 
 def _param(shape, loader) -> nn.Parameter:
@@ -76,7 +60,11 @@ class LinearBase(nn.Module):
 
     def forward(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """y = x W^T + b, into `out` [T, out_local] when given (a static buffer a CUDA graph writes)."""
-        return matmul(x, self.weight, self.bias, out)
+        if out is None:
+            return F.linear(x, self.weight, self.bias)
+        if self.bias is None:
+            return torch.mm(x, self.weight.t(), out=out)
+        return torch.addmm(self.bias, x, self.weight.t(), out=out)
 
 
 class ColumnParallelLinear(LinearBase):
@@ -94,8 +82,8 @@ class RowParallelLinear(LinearBase):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.tp_size == 1:
-            return matmul(x, self.weight, self.bias)
-        y = matmul(x, self.weight)
+            return F.linear(x, self.weight, self.bias)
+        y = F.linear(x, self.weight)
         dist.all_reduce(y)
         return y if self.bias is None else y + self.bias  # the bias once, after the sum over ranks
 
