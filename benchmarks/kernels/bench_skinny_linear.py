@@ -1,14 +1,14 @@
 """Few-row linear (decode GEMV) at the Qwen3 projections, bf16, against cuBLAS (torch.mm into the same
-static output). Bytes: W read once plus x and y. Each call reads a different copy of W (over 128 MB of
-copies, past the L2), as a model's layers each read their own weight once per decode step; timed inside
-CUDA graphs of many calls, as the decode graph runs them."""
+static output). Bytes: W read once plus x and y. Each call reads a different copy of W (the tuner's
+ROTATE_BYTES of copies, past the L2), as a model's layers each read their own weight once per decode step;
+timed inside CUDA graphs of many calls, as the decode graph runs them."""
 from __future__ import annotations
-
-import itertools
 
 import torch
 
+from benchmarks.kernels import rowbench as rb
 from benchmarks.kernels.harness import Row, time_us
+from tritium.autotune import ROTATE_BYTES, rotation_sets
 from tritium.kernels.skinny_linear import skinny_linear
 
 PROJECTIONS = {
@@ -16,20 +16,18 @@ PROJECTIONS = {
     "8b qkv": (6144, 4096), "8b o": (4096, 4096), "8b gate_up": (24576, 4096), "8b down": (4096, 12288),
 }
 ROWS = [1, 2, 4, 8, 16]
-ROTATE_BYTES = 128 << 20
+MAX_COPIES = 64  # the smallest weight (4 MB) needs 32 to pass ROTATE_BYTES
 
 
 def run(ceilings) -> list:
     rows = []
     for name, (n, k) in PROJECTIONS.items():
-        copies = max(2, -(-ROTATE_BYTES // (2 * n * k)))
-        ws = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * k ** -0.5 for _ in range(copies)]
+        ws = [(rb.randn(n, k) * k ** -0.5,) for _ in range(rotation_sets(2 * n * k, ROTATE_BYTES, MAX_COPIES))]
         for m in ROWS:
-            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-            out = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
-            ours, theirs = itertools.cycle(ws), itertools.cycle(ws)
-            us = time_us(lambda: skinny_linear(x, next(ours), out=out), graph=True)
-            cublas = time_us(lambda: torch.mm(x, next(theirs).t(), out=out), graph=True)
+            x = rb.randn(m, k)
+            out = rb.randn(m, n)  # a static output, overwritten by both
+            us = time_us(rb.cycling(lambda w: skinny_linear(x, w, out=out), ws), graph=True)
+            cublas = time_us(rb.cycling(lambda w: torch.mm(x, w.t(), out=out), ws), graph=True)
             rows.append(Row("skinny_linear", f"{name} M={m} N={n} K={k}", us,
                             bytes=2 * (n * k + m * (n + k)), flops=2 * m * n * k, peers={"cublas": cublas}))
         del ws

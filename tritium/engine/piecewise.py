@@ -13,8 +13,8 @@ themselves (every other op is row-wise or a GEMM).
 
 Memory: all buckets' graphs share one pool, captured largest bucket first. Within a bucket only what crosses
 a piece boundary stays alive: the residual and the final hidden (kept referenced per bucket), q (a view of the
-static qkv buffer the projection writes into), the attention output in the static o buffer. Intermediates of a piece are dead when it
-ends, so later captures reuse them; replays run in stream order, one bucket at a time.
+static qkv buffer the projection writes into), the attention output in the static o buffer. Intermediates of a
+piece are dead when it ends, so later captures reuse them; replays run in stream order, one bucket at a time.
 """
 from __future__ import annotations
 

@@ -2,9 +2,9 @@
 
     x    [M, K]  fp16 / bf16 / fp32, M <= MAX_ROWS, last dim contiguous (rows may be strided)
     w    [N, K]  x's dtype, contiguous (an nn.Linear weight)
+    bias [N]     x's dtype, optional
     out  [M, N]  x's dtype, last dim contiguous (new tensor, or `out=`; not in place)
 
-    bias [N]     x's dtype, optional
     y[m, n] = sum_k x[m, k] * w[n, k] (+ bias[n]), accumulated in fp32, rounded once to x's dtype.
 
 At a few rows the op moves 2*N*K bytes of W and almost nothing else, so it is bound by how fast W streams
