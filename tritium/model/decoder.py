@@ -17,13 +17,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from tritium.kernels.activation import silu_and_mul
 from tritium.kernels.rmsnorm import add_rms_norm, rms_norm
 from tritium.kernels.rope import apply_rope, qk_norm_rope, rope_cos_sin
 from tritium.kernels.rope import rope_inv_freq as default_inv_freq
 from tritium.model.attention import Attention, AttentionMetadata
 from tritium.model.layers import (PackedColumnLinear, ParallelLMHead, QKVParallelLinear, RowParallelLinear,
-                                  VocabParallelEmbedding, local_kv_heads, tp_rank_and_size)
+                                  VocabParallelEmbedding, few_rows, local_kv_heads, tp_rank_and_size)
 
 
 @dataclass(frozen=True)
@@ -71,11 +70,12 @@ class DecoderAttention(nn.Module):
         self.attn = Attention(self.num_heads, self.num_kv_heads, d, d**-0.5)
 
     def start(self, positions: torch.Tensor, hidden: torch.Tensor, slots: torch.Tensor,
-              qkv_out: torch.Tensor | None = None) -> torch.Tensor:
-        """Up to the attention: the packed projection (into qkv_out [T, (Hq + 2 Hkv) * D] when given), q/k norm
-        and RoPE in place, the KV store at slots [T] (-1 skips). Returns q [T, Hq, D], a view of the qkv rows."""
+              qkv_out: torch.Tensor | None = None, norm: RMSNorm | None = None) -> torch.Tensor:
+        """Up to the attention: the packed projection of hidden (norm(hidden) when given; into qkv_out
+        [T, (Hq + 2 Hkv) * D] when given), q/k norm and RoPE in place, the KV store at slots [T] (-1 skips).
+        Returns q [T, Hq, D], a view of the qkv rows."""
         t, d = hidden.shape[0], self.head_dim
-        qkv = self.qkv_proj(hidden, out=qkv_out)  # [T, (Hq + 2 Hkv) * D]
+        qkv = self.qkv_proj(hidden, out=qkv_out, norm=norm)  # [T, (Hq + 2 Hkv) * D]
         q, k, v = qkv.split([self.num_heads * d, self.num_kv_heads * d, self.num_kv_heads * d], dim=-1)
         q, k, v = q.view(t, self.num_heads, d), k.view(t, self.num_kv_heads, d), v.view(t, self.num_kv_heads, d)
         cache = (v, *self.attn.kv_cache(), slots)  # the RoPE launch stores k and v too
@@ -95,7 +95,7 @@ class DecoderMLP(nn.Module):
         self.down_proj = RowParallelLinear(cfg.intermediate_size, cfg.hidden_size, bias=spec.mlp_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(silu_and_mul(self.gate_up_proj(x)))
+        return self.down_proj(self.gate_up_proj(x), gated=True)  # SiLU-and-mul of [gate | up] first
 
 
 class DecoderLayer(nn.Module):
@@ -107,18 +107,25 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
     def start(self, positions, hidden, residual, slots, qkv_out=None):
-        """The layer up to its attention: (q [T, Hq, D], residual); see DecoderAttention.start."""
+        """The layer up to its attention: (q [T, Hq, D], residual); see DecoderAttention.start. hidden is None
+        when the last projection added it into residual already (finish's few-row path); residual is None at
+        layer 0, whose hidden (the embedding) starts the residual stream."""
         if residual is None:
-            residual = hidden
-            hidden = self.input_layernorm(hidden)
-        else:
-            hidden, residual = self.input_layernorm(hidden, residual)
+            residual, hidden = hidden, None
+        if hidden is None:  # the norm alone, in the projection's loads when few rows
+            return self.self_attn.start(positions, residual, slots, qkv_out, norm=self.input_layernorm), residual
+        hidden, residual = self.input_layernorm(hidden, residual)
         return self.self_attn.start(positions, hidden, slots, qkv_out), residual
 
     def finish(self, o, residual):
-        """The layer after its attention output o [T, Hq, D]: (hidden, residual)."""
-        hidden = self.self_attn.o_proj(o.view(o.shape[0], -1))
-        hidden, residual = self.post_attention_layernorm(hidden, residual)
+        """The layer after its attention output o [T, Hq, D]: (hidden, residual), hidden None when added."""
+        o = o.view(o.shape[0], -1)
+        if few_rows(o):  # each projection adds into the residual stream, the next one norms it in its loads
+            self.self_attn.o_proj(o, add_to=residual)
+            gate_up = self.mlp.gate_up_proj(residual, norm=self.post_attention_layernorm)
+            self.mlp.down_proj(gate_up, gated=True, add_to=residual)
+            return None, residual
+        hidden, residual = self.post_attention_layernorm(self.self_attn.o_proj(o), residual)
         return self.mlp(hidden), residual
 
 
@@ -145,7 +152,7 @@ class DecoderModel(nn.Module):
         else:
             hidden, residual = self.layers[i - 1].finish(x, residual)
         if i == len(self.layers):
-            return self.norm(hidden, residual)[0], None
+            return (self.norm(residual) if hidden is None else self.norm(hidden, residual)[0]), None
         return self.layers[i].start(positions, hidden, residual, slots, qkv_out)
 
     def attend(self, i: int, q, meta, out=None):

@@ -1,7 +1,12 @@
 """Tensor-parallel-ready layers. Each parameter holds only this rank's shard and carries a `weight_loader`
 that cuts that shard out of the full checkpoint tensor, so the loader never needs to know the layout.
 
-With tensor parallel size 1 (no process group) every layer is the plain one. Matmuls go through torch (cuBLAS).
+With tensor parallel size 1 (no process group) every layer is the plain one. Matmuls go through torch (cuBLAS),
+except a CUDA matmul of at most skinny_linear.MAX_ROWS rows (a small decode batch): that one streams the weight
+through tritium's few-row kernel, which cuBLAS's few-row tiles trail at these sizes. Work around a projection
+is taken in as options, each fused into the few-row kernel when it runs and a launch of its own otherwise:
+`norm=` an RMSNorm of the input (column-parallel layers), `gated=True` SiLU-and-mul of [gate | up] and
+`add_to=` the residual add of the output, in place (row-parallel layers).
 """
 from __future__ import annotations
 
@@ -9,6 +14,10 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+
+from tritium.kernels.activation import silu_and_mul
+from tritium.kernels.rmsnorm import rms_norm
+from tritium.kernels.skinny_linear import MAX_ROWS, skinny_linear
 
 
 def tp_rank_and_size() -> tuple[int, int]:
@@ -27,6 +36,32 @@ def default_weight_loader(param: nn.Parameter, loaded: torch.Tensor) -> None:
     if param.shape != loaded.shape:
         raise ValueError(f"shape mismatch: checkpoint {tuple(loaded.shape)} vs parameter {tuple(param.shape)}")
     param.data.copy_(loaded)
+
+
+def few_rows(x: torch.Tensor) -> bool:
+    """Whether x [T, in] goes to the few-row kernel: on a GPU, 1 to MAX_ROWS rows, last dim contiguous."""
+    return x.is_cuda and x.dim() == 2 and 1 <= x.shape[0] <= MAX_ROWS and x.stride(1) == 1
+
+
+def matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, out: torch.Tensor | None = None,
+           *, gated: bool = False, norm=None, accumulate: bool = False) -> torch.Tensor:
+    """x @ weight^T (+ bias), into `out` when given: the few-row kernel for few rows (few_rows), else cuBLAS.
+    gated: x is [a | b] and the input silu(a) * b; norm (an RMSNorm module): the input is norm(x);
+    accumulate: out += the product."""
+    norm = None if norm is None else (norm.weight, norm.eps)
+    if few_rows(x):
+        return skinny_linear(x, weight, bias, gated=gated, norm=norm, out=out, accumulate=accumulate)
+    if gated:
+        x = silu_and_mul(x)
+    if norm is not None:
+        x = rms_norm(x, *norm)
+    if accumulate:
+        return out.add_(F.linear(x, weight, bias))  # rounded product, then the add: as the kernel does
+    if out is None:
+        return F.linear(x, weight, bias)
+    if bias is None:
+        return torch.mm(x, weight.t(), out=out)
+    return torch.addmm(bias, x, weight.t(), out=out)
 
 
 def _param(shape, loader) -> nn.Parameter:
@@ -58,13 +93,10 @@ class LinearBase(nn.Module):
             loaded = loaded.narrow(dim, self.tp_rank * size, size)
         default_weight_loader(param, loaded)
 
-    def forward(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        """y = x W^T + b, into `out` [T, out_local] when given (a static buffer a CUDA graph writes)."""
-        if out is None:
-            return F.linear(x, self.weight, self.bias)
-        if self.bias is None:
-            return torch.mm(x, self.weight.t(), out=out)
-        return torch.addmm(self.bias, x, self.weight.t(), out=out)
+    def forward(self, x: torch.Tensor, out: torch.Tensor | None = None, norm=None) -> torch.Tensor:
+        """y = x W^T + b, into `out` [T, out_local] when given (a static buffer a CUDA graph writes);
+        x = norm(x) first when an RMSNorm module is given."""
+        return matmul(x, self.weight, self.bias, out, norm=norm)
 
 
 class ColumnParallelLinear(LinearBase):
@@ -80,12 +112,14 @@ class RowParallelLinear(LinearBase):
     def __init__(self, in_features: int, out_features: int, bias: bool = False):
         super().__init__(in_features, out_features, tp_dim=1, bias=bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, gated: bool = False, add_to: torch.Tensor | None = None) -> torch.Tensor:
+        """y = x W^T + b (x = silu(a) * b of [a | b] when gated); with add_to, add_to += y in place (returned)."""
         if self.tp_size == 1:
-            return F.linear(x, self.weight, self.bias)
-        y = F.linear(x, self.weight)
+            return matmul(x, self.weight, self.bias, add_to, gated=gated, accumulate=add_to is not None)
+        y = matmul(x, self.weight, gated=gated)
         dist.all_reduce(y)
-        return y if self.bias is None else y + self.bias  # the bias once, after the sum over ranks
+        y = y if self.bias is None else y + self.bias  # the bias once, after the sum over ranks
+        return y if add_to is None else add_to.add_(y)
 
 
 class PackedColumnLinear(ColumnParallelLinear):
