@@ -55,16 +55,16 @@ def models(request):
 
 
 def _few_rows_anywhere(x):
-    """layers.few_rows without its CUDA condition: the few-row kernel path runs through the interpreter."""
-    from tritium.model.layers import MAX_ROWS
+    """layers.few_rows without its CUDA condition and up to the kernel's limit: the few-row path runs on the CPU."""
+    from tritium.kernels.skinny_linear import MAX_ROWS
 
     return x.dim() == 2 and 1 <= x.shape[0] <= MAX_ROWS and x.stride(1) == 1
 
 
 @pytest.mark.parametrize("few_row_kernel", [False, True], ids=["as-is", "few-row-kernel"])
 def test_prefill_and_decode_logits_match_transformers(models, few_row_kernel, monkeypatch):
-    """The decode step's 4 rows take the few-row kernel's path (norm, SiLU-and-mul and the residual adds fused
-    into the projections) on a GPU, and on the CPU too with few_row_kernel."""
+    """With few_row_kernel the decode step's 4 rows take the few-row kernel's path (norm, SiLU-and-mul and the
+    residual adds fused into the projections), through the interpreter on the CPU."""
     if few_row_kernel:
         monkeypatch.setattr("tritium.model.layers.few_rows", _few_rows_anywhere)
         monkeypatch.setattr("tritium.model.decoder.few_rows", _few_rows_anywhere)

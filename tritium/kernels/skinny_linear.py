@@ -37,7 +37,7 @@ from tritium.kernels.rmsnorm import rms_norm_ref
 
 __all__ = ["skinny_linear", "skinny_linear_ref", "CONFIGS", "MAX_ROWS"]
 
-MAX_ROWS = 16  # the largest M the kernel takes; more rows go to cuBLAS (a real matmul by then)
+MAX_ROWS = 16  # the largest M the kernel takes; more rows go to a matmul
 CONFIGS = [
     triton.Config({"BLOCK_N": 4, "ELEMS": 4096}, num_warps=4),
     triton.Config({"BLOCK_N": 8, "ELEMS": 8192}, num_warps=4),

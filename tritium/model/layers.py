@@ -2,8 +2,9 @@
 that cuts that shard out of the full checkpoint tensor, so the loader never needs to know the layout.
 
 With tensor parallel size 1 (no process group) every layer is the plain one. Matmuls go through torch (cuBLAS),
-except a CUDA matmul of at most skinny_linear.MAX_ROWS rows (a small decode batch): that one streams the weight
-through tritium's few-row kernel, which cuBLAS's few-row tiles trail at these sizes. Work around a projection
+except a CUDA matmul of at most FEW_ROWS rows (decode at batch 1-2): that one streams the weight through
+tritium's few-row kernel, which cuBLAS's few-row tiles trail there (on an H100 the kernel wins at 1-2 rows and
+loses from 4, benchmarks/results/h100/skinny_linear.json). Work around a projection
 is taken in as options, each fused into the few-row kernel when it runs and a launch of its own otherwise:
 `norm=` an RMSNorm of the input (column-parallel layers), `gated=True` SiLU-and-mul of [gate | up] and
 `add_to=` the residual add of the output, in place (row-parallel layers).
@@ -17,7 +18,9 @@ from torch import nn
 
 from tritium.kernels.activation import silu_and_mul
 from tritium.kernels.rmsnorm import rms_norm
-from tritium.kernels.skinny_linear import MAX_ROWS, skinny_linear
+from tritium.kernels.skinny_linear import skinny_linear
+
+FEW_ROWS = 2  # the most rows that take the few-row kernel (it takes up to skinny_linear.MAX_ROWS)
 
 
 def tp_rank_and_size() -> tuple[int, int]:
@@ -39,8 +42,8 @@ def default_weight_loader(param: nn.Parameter, loaded: torch.Tensor) -> None:
 
 
 def few_rows(x: torch.Tensor) -> bool:
-    """Whether x [T, in] goes to the few-row kernel: on a GPU, 1 to MAX_ROWS rows, last dim contiguous."""
-    return x.is_cuda and x.dim() == 2 and 1 <= x.shape[0] <= MAX_ROWS and x.stride(1) == 1
+    """Whether x [T, in] goes to the few-row kernel: on a GPU, 1 to FEW_ROWS rows, last dim contiguous."""
+    return x.is_cuda and x.dim() == 2 and 1 <= x.shape[0] <= FEW_ROWS and x.stride(1) == 1
 
 
 def matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, out: torch.Tensor | None = None,
