@@ -4,7 +4,8 @@
                  [M, 2K] = [a | b] with gated=True: the input is silu(a) * b (SiLU-and-mul fused in)
     w    [N, K]  x's dtype, contiguous (an nn.Linear weight)
     bias [N]     x's dtype, optional
-    out  [M, N]  x's dtype, last dim contiguous (new tensor, or `out=`; not in place)
+    norm         (weight [K] any float dtype, eps), optional: the input is rms_norm(x, weight, eps)
+    out  [M, N]  x's dtype, last dim contiguous (new tensor, or `out=`; with accumulate=True, out += y in place)
 
     y[m, n] = sum_k x[m, k] * w[n, k] (+ bias[n]), accumulated in fp32, rounded once to x's dtype.
 

@@ -4,10 +4,12 @@ The three share one layer: input RMSNorm (fused with the residual add), packed Q
 Qwen3's per-head q_norm / k_norm, in place on views of the packed QKV, the KV store in the same launch), paged
 attention, o_proj, post-attention add+RMSNorm, gate/up projection, SiLU-and-mul, down projection. They differ
 only in the switches of `DecoderSpec` (which projections have a bias, whether q/k are normed) and in the RoPE
-frequencies (Llama 3.1's rescaled ones, see model_inv_freq). The residual stream is kept in the model dtype, as
-in transformers. `forward` returns hidden states for all new tokens; `compute_logits` runs the LM head only on
-the rows that sample. The forward is its pieces (`piece`: everything between two attention calls, KV store
-included) with `attend` in between, so the engine can replay the pieces from CUDA graphs.
+frequencies (Llama 3.1's rescaled ones, see model_inv_freq). At a few rows (layers.few_rows: decode at batch
+1-2) the norms, SiLU-and-mul and residual adds run inside the projections instead (DecoderLayer.finish). The
+residual stream is kept in the model dtype, as in transformers. `forward` returns hidden states for all new
+tokens; `compute_logits` runs the LM head only on the rows that sample. The forward is its pieces (`piece`:
+everything between two attention calls, KV store included) with `attend` in between, so the engine can replay
+the pieces from CUDA graphs.
 """
 from __future__ import annotations
 

@@ -4,8 +4,8 @@ that cuts that shard out of the full checkpoint tensor, so the loader never need
 With tensor parallel size 1 (no process group) every layer is the plain one. Matmuls go through torch (cuBLAS),
 except a CUDA matmul of at most FEW_ROWS rows (decode at batch 1-2): that one streams the weight through
 tritium's few-row kernel, which cuBLAS's few-row tiles trail there (on an H100 the kernel wins at 1-2 rows and
-loses from 4, benchmarks/results/h100/skinny_linear.json). Work around a projection
-is taken in as options, each fused into the few-row kernel when it runs and a launch of its own otherwise:
+loses from 4, benchmarks/results/h100/skinny_linear.json). Work around a projection is taken in as options,
+each fused into the few-row kernel when it runs and a launch of its own otherwise:
 `norm=` an RMSNorm of the input (column-parallel layers), `gated=True` SiLU-and-mul of [gate | up] and
 `add_to=` the residual add of the output, in place (row-parallel layers).
 """
