@@ -19,6 +19,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from tritium import autotune  # noqa: E402
 from tritium import LLM, SamplingParams  # noqa: E402
 from tritium.engine.config import PIECEWISE_GRAPH_TOKENS  # noqa: E402
 from tritium.model.synthetic import ensure_checkpoint  # noqa: E402
@@ -79,14 +80,16 @@ def main():
     floor_ms = 1e3 * (weights + kv_per_token * mean_context) / bw
     for r in rows:
         print(f"batch {r['batch']:3d}: TTFT {r['ttft_ms']:7.2f} ms, TPOT {r['tpot_ms']:6.3f} ms")
-    print(f"start-up {startup_s:.1f} s (piecewise_graph_tokens={args.piecewise_graph_tokens})")
+    print(f"start-up {startup_s:.1f} s (piecewise_graph_tokens={args.piecewise_graph_tokens}, PDL {autotune.PDL})")
     print(f"batch-1 decode floor {floor_ms:.3f} ms ({weights / 1e9:.2f} GB weights + KV at {bw / 1e12:.2f} TB/s "
           f"copy)")
     out = {"date": time.strftime("%Y-%m-%d"), "gpu": torch.cuda.get_device_name(), "prompt_tokens": PROMPT,
            "output_tokens": OUTPUT, "copy_bytes_per_s": bw, "batch1_floor_ms": floor_ms,
-           "piecewise_graph_tokens": args.piecewise_graph_tokens, "startup_s": startup_s, "rows": rows}
+           "piecewise_graph_tokens": args.piecewise_graph_tokens, "pdl": autotune.PDL, "startup_s": startup_s,
+           "rows": rows}
     pw = args.piecewise_graph_tokens
-    name = "latency.json" if pw == PIECEWISE_GRAPH_TOKENS else f"latency_pw{pw}.json"
+    name = ("latency" + ("" if pw == PIECEWISE_GRAPH_TOKENS else f"_pw{pw}") + ("_pdl" if autotune.PDL else "")
+            + ".json")
     path = ROOT / "benchmarks" / "results" / gpu_name() / name
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1))

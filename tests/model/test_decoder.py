@@ -167,7 +167,7 @@ def test_bf16_at_real_shapes_matches_transformers_fp32(preset):
     ours = load_model(path, device="cuda", dtype=torch.bfloat16)
     lens = [300, 77, 1024, 5]
     prompts = [torch.randint(0, ref.config.vocab_size, (n,)) for n in lens]
-    tables, nblocks = _tables(lens)
+    tables, nblocks = _tables([n + 1 for n in lens])
     allocate_kv_cache(ours, nblocks, BLOCK, torch.bfloat16, "cuda")
     meta, pos = _prefill_meta(lens, [0] * len(lens), tables, "cuda")
     with torch.no_grad():
@@ -179,3 +179,16 @@ def test_bf16_at_real_shapes_matches_transformers_fp32(preset):
     clear = (top2[:, 0] - top2[:, 1]) > 0.25  # margins above the bf16 error of the logits
     agree = (logits.argmax(-1) == want.argmax(-1))[clear].float().mean().item()
     assert clear.float().mean() > 0.5 and agree >= 0.99, (clear.float().mean().item(), agree)
+
+    # A decode step of the first two sequences: 2 rows take the few-row path (layers.FEW_ROWS).
+    nxt = torch.randint(0, ref.config.vocab_size, (2,))
+    slots = [tables[b][n // BLOCK] * BLOCK + n % BLOCK for b, n in enumerate(lens[:2])]
+    dmeta = AttentionMetadata(
+        num_decodes=2, slot_mapping=torch.tensor(slots, device="cuda"),
+        seq_lens=torch.tensor([n + 1 for n in lens[:2]], dtype=torch.int32, device="cuda"),
+        block_tables=meta.block_tables[:2])
+    with torch.no_grad():
+        logits = ours.compute_logits(ours(nxt.cuda(), torch.tensor(lens[:2], device="cuda"), dmeta)).float()
+        want = torch.stack([ref(torch.cat([p, nxt[b:b + 1]])[None].cuda()).logits[0, -1]
+                            for b, p in enumerate(prompts[:2])])
+    assert rel_err(logits, want) <= 3e-2

@@ -27,6 +27,15 @@
 - `heuristics` (triton.heuristics values: name -> fn(args)) derive constexprs from the arguments and the
   chosen config (e.g. EVEN_ROWS = n_rows % ROWS == 0), on tuned and explicit-config launches alike.
 
+PDL (programmatic dependent launch, Hopper on): the decode step's kernels (few-row projections, RoPE + KV
+store, decode attention and its merge) launch with `pdl_launch()`, so each may start while the kernel before
+it finishes, and call gdc_wait before touching anything another kernel wrote or reads. The wait at every
+program's start keeps the stream's order (a kernel's end implies the end of the one before it); what they
+gain is the launch gap, and the few-row projection streams its first weight chunk in before the wait.
+Off by default until measured: TRITIUM_PDL=1 turns it on (Hopper and newer). tests/kernels/test_pdl.py checks
+a decode chain replayed from a graph with it against the eager chain without it; `TRITIUM_PDL=0|1 python
+benchmarks/latency.py` measures it.
+
 SPECIALIZATION: Triton compiles a variant per value class of each int argument (== 1, % 16 == 0, other)
 and per 16-byte alignment of each pointer. Start-up warms up one step per size bucket, so a variant must be
 fixed by the bucket alone: kernels mark their per-step sizes `do_not_specialize` (tokens, rows) and the index
@@ -40,6 +49,7 @@ from typing import Sequence
 
 import itertools
 import math
+import os
 
 import torch
 import triton
@@ -60,6 +70,22 @@ _CONFIG_FAILURES = (triton.runtime.errors.OutOfResources, triton.runtime.errors.
 def next_pow2(n: int) -> int:
     """Smallest power of two >= n (1 for n <= 1): the bucket used in autotune keys."""
     return 1 if n <= 1 else 1 << (int(n) - 1).bit_length()
+
+
+PDL = not INTERPRET and os.environ.get("TRITIUM_PDL", "0") not in ("", "0")  # off by default (module doc)
+_hopper: dict = {}
+
+
+def pdl_launch() -> dict:
+    """Launch options of a kernel that supports programmatic dependent launch (its PDL constexpr waits for
+    the kernel before with gdc_wait): PDL=True plus Triton's launch flag when PDL is on and the GPU is a
+    Hopper or newer (griddepcontrol needs sm_90); PDL=False otherwise."""
+    if not PDL:
+        return {"PDL": False}
+    device = torch.cuda.current_device()
+    if device not in _hopper:
+        _hopper[device] = torch.cuda.get_device_capability(device) >= (9, 0)
+    return {"PDL": True, "launch_pdl": True} if _hopper[device] else {"PDL": False}
 
 
 def rotation_sets(set_bytes: float, total_bytes: int, max_sets: int) -> int:
@@ -101,6 +127,15 @@ def tile_mask(rows, cols, n_rows, n_cols, EVEN_ROWS: tl.constexpr, EVEN_N: tl.co
     else:
         mask = (rows < n_rows)[:, None] & (cols < n_cols)[None, :]
     return mask
+
+
+@triton.jit
+def pdl_wait(PDL: tl.constexpr):
+    """A PDL kernel's first step (pdl_launch): wait until the kernel before it has finished and its writes are
+    visible, then let the kernel after it launch (it waits in turn)."""
+    if PDL:
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
 
 
 def graph_bench(kernel_call, quantiles):

@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from tritium.autotune import next_pow2, tuned
+from tritium.autotune import next_pow2, pdl_launch, pdl_wait, tuned
 from tritium.kernels.attention_ref import (
     check_block_tables,
     check_int_vector,
@@ -79,7 +79,9 @@ def _decode_split_kernel(
     PRECISION: tl.constexpr,  # tl.dot input precision ("ieee" for fp32 inputs)
     BLOCK_N: tl.constexpr,
     USE_DOT: tl.constexpr,
+    PDL: tl.constexpr,  # programmatic dependent launch: wait for the kernel before (autotune.pdl_launch)
 ):
+    pdl_wait(PDL)
     BLOCK_H: tl.constexpr = DOT_ROWS if USE_DOT else GROUP_PAD
     b = tl.program_id(0)
     kvh = tl.program_id(1)
@@ -148,7 +150,9 @@ def _decode_merge_kernel(
     NUM_SPLITS: tl.constexpr,
     SPLITS_PAD: tl.constexpr,  # next_pow2(NUM_SPLITS)
     HEAD_DIM: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    pdl_wait(PDL)
     b = tl.program_id(0)
     h = tl.program_id(1)
     base = b.to(tl.int64) * tl.num_programs(1) + h  # row of [B, Hq]
@@ -222,11 +226,11 @@ def decode_attention(q, k_cache, v_cache, seq_lens, block_tables, scale: float, 
         float(scale) * LOG2E, next_pow2(max_context),
         GROUP=group, GROUP_PAD=next_pow2(group), DOT_ROWS=max(16, next_pow2(group)), HEAD_DIM=d,
         KV_BLOCK_SIZE=bs, NUM_SPLITS=num_splits, PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        config=config,
+        config=config, **pdl_launch(),
     )
     if num_splits > 1:
         _decode_merge_kernel[(batch, hq)](
             mid_o, mid_lse, out, out.stride(0), out.stride(1),
-            NUM_SPLITS=num_splits, SPLITS_PAD=next_pow2(num_splits), HEAD_DIM=d, num_warps=4,
+            NUM_SPLITS=num_splits, SPLITS_PAD=next_pow2(num_splits), HEAD_DIM=d, num_warps=4, **pdl_launch(),
         )
     return out

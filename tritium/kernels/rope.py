@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from tritium.autotune import next_pow2, tuned
+from tritium.autotune import next_pow2, pdl_launch, pdl_wait, tuned
 from tritium.kernels.kv_store import check_kv
 from tritium.platform import INTERPRET
 
@@ -136,7 +136,9 @@ def _rope_kernel(
     BLOCK_HQ: tl.constexpr,  # next_pow2(Hq)
     BLOCK_HK: tl.constexpr,  # next_pow2(Hkv)
     BLOCK_T: tl.constexpr,  # tokens per program
+    PDL: tl.constexpr,  # programmatic dependent launch: wait for the kernel before (autotune.pdl_launch)
 ):
+    pdl_wait(PDL)
     t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
     t_ok = t < n_tokens
     d = tl.arange(0, HALF_P2)
@@ -254,7 +256,7 @@ def _launch(q, k, qw, kw, eps, positions, cos_sin, norm, config, cache):
         n, next_pow2(n), q.shape[1], k.shape[1], cos_sin.shape[0],
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), cos_sin.stride(0), float(eps),
         NORM=norm, STORE=cache is not None, BLOCK_SIZE=block, HALF=d // 2, HALF_P2=next_pow2(d // 2),
-        BLOCK_HQ=next_pow2(q.shape[1]), BLOCK_HK=next_pow2(k.shape[1]), config=config,
+        BLOCK_HQ=next_pow2(q.shape[1]), BLOCK_HK=next_pow2(k.shape[1]), config=config, **pdl_launch(),
     )
 
 

@@ -25,6 +25,8 @@ A config fixes BLOCK_N and the broadcast's size ELEMS = BLOCK_M * BLOCK_N * BLOC
 holds); BLOCK_K follows from the row bucket (heuristic), so one config space serves 1 to MAX_ROWS rows.
 Each output element's sum runs in the same order whatever M is within its bucket (M is not a constexpr): a
 row's result does not depend on the batch it is in, so a CUDA graph's padded rows change nothing.
+Launched with programmatic dependent launch (autotune's PDL), a program loads its first W chunk, which no
+kernel writes, before it waits for the kernel before it: the weight streams in during that kernel's tail.
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
-from tritium.autotune import next_pow2, tuned
+from tritium.autotune import next_pow2, pdl_launch, pdl_wait, tuned
 from tritium.kernels.activation import silu_and_mul_ref
 from tritium.kernels.rmsnorm import rms_norm_ref
 
@@ -64,6 +66,28 @@ def _input_chunk(x_rows, k, ok, K: tl.constexpr, GATED: tl.constexpr, dtype: tl.
     return x
 
 
+@triton.jit
+def _w_chunk(w_rows, k, n_ok, K: tl.constexpr, EVEN: tl.constexpr):
+    """W's [BLOCK_N, BLOCK_K] tile at columns k (w_rows [BLOCK_N, 1] row pointers)."""
+    if EVEN:
+        return tl.load(w_rows + k[None, :])
+    return tl.load(w_rows + k[None, :], mask=n_ok[:, None] & (k < K)[None, :], other=0.0)
+
+
+@triton.jit
+def _chunk_product(x_rows, w, k, m_ok, n_ok, rstd, norm_ptr, K: tl.constexpr, GATED: tl.constexpr,
+                   NORM: tl.constexpr, EVEN: tl.constexpr, dtype: tl.constexpr):
+    """[BLOCK_M, BLOCK_N] fp32: the input's chunk at columns k times W's tile w, summed over the chunk."""
+    x_ok = m_ok[:, None] if EVEN else m_ok[:, None] & (k < K)[None, :]
+    x = _input_chunk(x_rows, k, x_ok, K, GATED, dtype)  # [BLOCK_M, BLOCK_K]
+    if NORM:  # rms_norm's roundings: rnd(rnd(x * rstd) * weight)
+        g = tl.load(norm_ptr + k, mask=k < K, other=0.0).to(tl.float32)
+        x = (x.to(tl.float32) * rstd[:, None]).to(dtype).to(tl.float32)
+        x = (x * g[None, :]).to(dtype)
+    prod = x.to(tl.float32)[:, None, :] * w.to(tl.float32)[None, :, :]  # [BLOCK_M, BLOCK_N, BLOCK_K]
+    return tl.sum(prod, axis=2)
+
+
 @triton.jit(do_not_specialize=["M"])  # one variant per row bucket, whatever the batch inside it
 def _skinny_linear_kernel(
     x_ptr,  # [M, K] (or [M, 2K] when GATED), rows strided
@@ -85,6 +109,7 @@ def _skinny_linear_kernel(
     ELEMS: tl.constexpr,  # BLOCK_M * BLOCK_N * BLOCK_K (config)
     BLOCK_K: tl.constexpr,  # heuristic: ELEMS // (BLOCK_M * BLOCK_N), at most next_pow2(K)
     EVEN: tl.constexpr,  # heuristic: N % BLOCK_N == 0 and K % BLOCK_K == 0 (no masks on W)
+    PDL: tl.constexpr,  # launched as a programmatic dependent launch: wait for the kernel before to finish
 ):
     dtype = y_ptr.dtype.element_ty
     offs_m = tl.arange(0, BLOCK_M)
@@ -94,6 +119,10 @@ def _skinny_linear_kernel(
     n_ok = offs_n < N
     w_rows = w_ptr + offs_n.to(tl.int64)[:, None] * K  # [BLOCK_N, 1]
     x_rows = x_ptr + offs_m[:, None] * stride_xm  # [BLOCK_M, 1]
+    # W is no kernel's output: its first chunk streams in before the wait for the kernel before (PDL)
+    w_first = _w_chunk(w_rows, offs_k, n_ok, K, EVEN)
+    pdl_wait(PDL)
+    rstd = 0.0
     if NORM:  # every program takes the rows' mean square itself: x is a few KB, hot in L2 after the first
         sq = tl.zeros([BLOCK_M], dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
@@ -101,23 +130,11 @@ def _skinny_linear_kernel(
             x = _input_chunk(x_rows, k, m_ok[:, None] & (k < K)[None, :], K, GATED, dtype).to(tl.float32)
             sq += tl.sum(x * x, axis=1)
         rstd = tl.rsqrt(sq / K + EPS)  # [BLOCK_M]
-    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
+    acc = _chunk_product(x_rows, w_first, offs_k, m_ok, n_ok, rstd, norm_ptr, K, GATED, NORM, EVEN, dtype)
+    for k0 in range(BLOCK_K, K, BLOCK_K):
         k = k0 + offs_k
-        if EVEN:
-            w = tl.load(w_rows + k[None, :])  # [BLOCK_N, BLOCK_K]
-            x_ok = m_ok[:, None]
-        else:
-            k_ok = k < K
-            w = tl.load(w_rows + k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
-            x_ok = m_ok[:, None] & k_ok[None, :]
-        x = _input_chunk(x_rows, k, x_ok, K, GATED, dtype)  # [BLOCK_M, BLOCK_K]
-        if NORM:  # rms_norm's roundings: rnd(rnd(x * rstd) * weight)
-            g = tl.load(norm_ptr + k, mask=k < K, other=0.0).to(tl.float32)
-            x = (x.to(tl.float32) * rstd[:, None]).to(dtype).to(tl.float32)
-            x = (x * g[None, :]).to(dtype)
-        prod = x.to(tl.float32)[:, None, :] * w.to(tl.float32)[None, :, :]  # [BLOCK_M, BLOCK_N, BLOCK_K]
-        acc += tl.sum(prod, axis=2)
+        acc += _chunk_product(x_rows, _w_chunk(w_rows, k, n_ok, K, EVEN), k, m_ok, n_ok, rstd, norm_ptr, K,
+                              GATED, NORM, EVEN, dtype)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     y = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :]
@@ -182,7 +199,7 @@ def skinny_linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = 
         lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),),
         x, w, out, w if bias is None else bias, w if norm_weight is None else norm_weight, m, x.stride(0),
         out.stride(0), N=n, K=k, EPS=float(eps), HAS_BIAS=bias is not None, GATED=gated, NORM=norm is not None,
-        ACCUMULATE=accumulate, BLOCK_M=next_pow2(m), config=config,
+        ACCUMULATE=accumulate, BLOCK_M=next_pow2(m), config=config, **pdl_launch(),
     )
     return out
 
