@@ -75,7 +75,7 @@ def _w_chunk(w_rows, k, n_ok, K: tl.constexpr, EVEN: tl.constexpr):
 
 
 @triton.jit
-def _chunk_product(x_rows, w, k, m_ok, n_ok, rstd, norm_ptr, K: tl.constexpr, GATED: tl.constexpr,
+def _chunk_product(x_rows, w, k, m_ok, rstd, norm_ptr, K: tl.constexpr, GATED: tl.constexpr,
                    NORM: tl.constexpr, EVEN: tl.constexpr, dtype: tl.constexpr):
     """[BLOCK_M, BLOCK_N] fp32: the input's chunk at columns k times W's tile w, summed over the chunk."""
     x_ok = m_ok[:, None] if EVEN else m_ok[:, None] & (k < K)[None, :]
@@ -130,11 +130,11 @@ def _skinny_linear_kernel(
             x = _input_chunk(x_rows, k, m_ok[:, None] & (k < K)[None, :], K, GATED, dtype).to(tl.float32)
             sq += tl.sum(x * x, axis=1)
         rstd = tl.rsqrt(sq / K + EPS)  # [BLOCK_M]
-    acc = _chunk_product(x_rows, w_first, offs_k, m_ok, n_ok, rstd, norm_ptr, K, GATED, NORM, EVEN, dtype)
+    acc = _chunk_product(x_rows, w_first, offs_k, m_ok, rstd, norm_ptr, K, GATED, NORM, EVEN, dtype)
     for k0 in range(BLOCK_K, K, BLOCK_K):
         k = k0 + offs_k
-        acc += _chunk_product(x_rows, _w_chunk(w_rows, k, n_ok, K, EVEN), k, m_ok, n_ok, rstd, norm_ptr, K,
-                              GATED, NORM, EVEN, dtype)
+        acc += _chunk_product(x_rows, _w_chunk(w_rows, k, n_ok, K, EVEN), k, m_ok, rstd, norm_ptr, K, GATED,
+                              NORM, EVEN, dtype)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     y = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :]
