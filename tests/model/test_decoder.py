@@ -30,6 +30,15 @@ def _prefill_meta(lens, cached, block_tables, device):
     return meta, torch.tensor(positions, dtype=torch.int64, device=device)
 
 
+def _decode_meta(lens, block_tables, table, device):
+    """Metadata for one decode step of sequences holding lens[b] tokens: each new token at position lens[b]
+    (block_tables per sequence, table their padded tensor)."""
+    slots = [block_tables[b][n // BLOCK] * BLOCK + n % BLOCK for b, n in enumerate(lens)]
+    return AttentionMetadata(
+        num_decodes=len(lens), slot_mapping=torch.tensor(slots, device=device),
+        seq_lens=torch.tensor([n + 1 for n in lens], dtype=torch.int32, device=device), block_tables=table)
+
+
 def _tables(lens):
     """Non-contiguous, shuffled physical blocks for each sequence."""
     need = [-(-n // BLOCK) for n in lens]
@@ -86,11 +95,7 @@ def test_prefill_and_decode_logits_match_transformers(models, few_row_kernel, mo
 
     # One decode step: each sequence's next token at position len.
     nxt = torch.randint(0, vocab, (len(lens),))
-    slots = [tables[b][n // BLOCK] * BLOCK + n % BLOCK for b, n in enumerate(lens)]
-    dmeta = AttentionMetadata(
-        num_decodes=len(lens), slot_mapping=torch.tensor(slots, device=DEVICE),
-        seq_lens=torch.tensor([n + 1 for n in lens], dtype=torch.int32, device=DEVICE),
-        block_tables=meta.block_tables)
+    dmeta = _decode_meta(lens, tables, meta.block_tables, DEVICE)
     with torch.no_grad():
         hidden = ours(nxt.to(DEVICE), torch.tensor(lens, device=DEVICE), dmeta)
         logits = ours.compute_logits(hidden)
@@ -182,11 +187,7 @@ def test_bf16_at_real_shapes_matches_transformers_fp32(preset):
 
     # A decode step of the first two sequences: 2 rows take the few-row path (layers.FEW_ROWS).
     nxt = torch.randint(0, ref.config.vocab_size, (2,))
-    slots = [tables[b][n // BLOCK] * BLOCK + n % BLOCK for b, n in enumerate(lens[:2])]
-    dmeta = AttentionMetadata(
-        num_decodes=2, slot_mapping=torch.tensor(slots, device="cuda"),
-        seq_lens=torch.tensor([n + 1 for n in lens[:2]], dtype=torch.int32, device="cuda"),
-        block_tables=meta.block_tables[:2])
+    dmeta = _decode_meta(lens[:2], tables, meta.block_tables[:2], "cuda")
     with torch.no_grad():
         logits = ours.compute_logits(ours(nxt.cuda(), torch.tensor(lens[:2], device="cuda"), dmeta)).float()
         want = torch.stack([ref(torch.cat([p, nxt[b:b + 1]])[None].cuda()).logits[0, -1]
