@@ -1,0 +1,189 @@
+"""Mixture-of-experts MLP: each token through the gated MLPs of its top-k experts, weighted and summed.
+
+    x        [T, H]      fp16/bf16/fp32, last dim contiguous
+    w13      [E, 2I, H]  each expert's gate rows then up rows
+    w2       [E, H, I]   each expert's down projection
+    topk_ids [T, K] int, topk_weights [T, K] float (moe_route)
+    out[t] = sum_k topk_weights[t, k] * w2[e] @ (silu(w13[e, :I] @ x[t]) * (w13[e, I:] @ x[t])),  e = topk_ids[t, k]
+
+A grouped GEMM over the T * K (token, expert) pairs: moe_align sorts the pairs by expert and pads each
+expert's run to BLOCK_M rows, so every row block of the sorted order belongs to one expert. Program (m, n)
+multiplies the rows of block m (gathered from x by the pairs' tokens) with an N tile of that expert's weight
+and scatters the products back to the pairs' rows. Two launches (gate|up, then down after SiLU-and-mul, which
+also scales each row by its routing weight), then a sum over the K rows of each token.
+
+CUDA-graph safe: moe_align is torch ops of static sizes (no host sync), the grid follows T alone (blocks past
+the last expert's run read their expert as -1 and return), and BLOCK_M follows next_pow2(T), so a step's size
+bucket fixes the compiled variants (autotune.SPECIALIZATION).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from tritium.autotune import next_pow2, tuned
+from tritium.kernels.activation import silu_and_mul
+
+__all__ = ["fused_moe", "fused_moe_ref", "moe_align", "moe_block_m", "moe_route", "CONFIGS"]
+
+CONFIGS = [
+    triton.Config({"BLOCK_N": 64, "BLOCK_K": 64}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_N": 128, "BLOCK_K": 64}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_N": 64, "BLOCK_K": 128}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_N": 128, "BLOCK_K": 128}, num_warps=8, num_stages=2),
+    triton.Config({"BLOCK_N": 32, "BLOCK_K": 128}, num_warps=4, num_stages=4),
+]
+INTERPRET_CONFIG = triton.Config({"BLOCK_N": 64, "BLOCK_K": 64}, num_warps=4)
+KEY = ["N", "K", "BLOCK_M", "rows_bucket"]
+
+
+def moe_route(router_logits: torch.Tensor, top_k: int, renormalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """router_logits [T, E] -> (topk_weights [T, K] fp32, topk_ids [T, K] int64): softmax over the experts
+    in fp32, the top k, rescaled to sum to 1 when renormalize (Qwen3-MoE's norm_topk_prob)."""
+    probs = torch.softmax(router_logits.float(), dim=-1)
+    weights, ids = torch.topk(probs, top_k, dim=-1)
+    if renormalize:
+        weights = weights / weights.sum(dim=-1, keepdim=True)
+    return weights, ids
+
+
+def moe_block_m(num_tokens: int, top_k: int, num_experts: int) -> int:
+    """Rows per block: about the pairs an expert gets (16 to 64), from the token bucket only."""
+    per_expert = next_pow2(num_tokens) * top_k // num_experts
+    return min(64, max(16, next_pow2(per_expert)))
+
+
+def moe_align(topk_ids: torch.Tensor, num_experts: int, block_m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """topk_ids [T, K] -> (sorted_pairs [M * block_m] int32, block_expert [M] int32): the pair indices
+    t * K + k grouped by expert (in pair order within an expert), each expert's run padded with T * K to a
+    multiple of block_m; block_expert[m] is the expert of block m, -1 past the last run. M depends on T, K
+    and E only: T * K + min(T * K, E) * (block_m - 1) rows cover any routing."""
+    device = topk_ids.device
+    flat = topk_ids.reshape(-1).long()
+    pairs = flat.numel()
+    num_blocks = triton.cdiv(pairs + min(pairs, num_experts) * (block_m - 1), block_m)
+    counts = torch.zeros(num_experts, dtype=torch.long, device=device)
+    counts.scatter_add_(0, flat, torch.ones_like(flat))
+    padded = (counts + block_m - 1) // block_m * block_m
+    padded_end = padded.cumsum(0)
+    order = torch.argsort(flat, stable=True)  # pairs in expert order
+    expert_of = flat[order]
+    rank = torch.arange(pairs, device=device) - (counts.cumsum(0) - counts)[expert_of]  # place within the run
+    dest = (padded_end - padded)[expert_of] + rank
+    sorted_pairs = torch.full((num_blocks * block_m,), pairs, dtype=torch.int32, device=device)
+    sorted_pairs.scatter_(0, dest, order.to(torch.int32))
+    block_start = torch.arange(num_blocks, device=device) * block_m
+    block_expert = torch.searchsorted(padded_end, block_start, right=True)  # first run ending after the start
+    block_expert = torch.where(block_expert < num_experts, block_expert, -1).to(torch.int32)
+    return sorted_pairs, block_expert
+
+
+# variants must not depend on step sizes (autotune.SPECIALIZATION)
+@triton.jit(do_not_specialize=["num_pairs"],
+            do_not_specialize_on_alignment=["pairs_ptr", "block_expert_ptr", "row_weight_ptr"])
+def _moe_gemm_kernel(
+    a_ptr,  # [T, K] rows per token (A_BY_TOKEN) or [T * TOPK, K] rows per pair; last dim contiguous
+    w_ptr,  # [E, N, K] last dim contiguous
+    c_ptr,  # [T * TOPK, N] rows per pair, last dim contiguous
+    pairs_ptr,  # [num_blocks * BLOCK_M] int32: sorted pair indices, num_pairs for padding
+    block_expert_ptr,  # [num_blocks] int32, -1: no work
+    row_weight_ptr,  # [T * TOPK] fp32 routing weights (read when ROW_WEIGHT)
+    num_pairs,  # T * TOPK
+    stride_a, stride_we, stride_wn, stride_c,
+    rows_bucket,  # next_pow2(T): autotune key only
+    N: tl.constexpr,
+    K: tl.constexpr,
+    TOPK: tl.constexpr,
+    A_BY_TOKEN: tl.constexpr,  # a's row of pair p is p // TOPK (its token), else p
+    ROW_WEIGHT: tl.constexpr,  # scale each product row by its pair's routing weight
+    PRECISION: tl.constexpr,  # tl.dot input precision ("ieee" for fp32 inputs)
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    expert = tl.load(block_expert_ptr + pid_m)
+    if expert < 0:
+        return
+    pair = tl.load(pairs_ptr + pid_m * BLOCK_M + tl.arange(0, BLOCK_M))  # [BLOCK_M]
+    row_ok = pair < num_pairs
+    a_row = pair // TOPK if A_BY_TOKEN else pair
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = offs_n < N
+    a_rows = a_ptr + a_row.to(tl.int64)[:, None] * stride_a  # [BLOCK_M, 1]
+    w_cols = w_ptr + expert.to(tl.int64) * stride_we + offs_n[None, :] * stride_wn  # [1, BLOCK_N]
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        k_ok = offs_k < K
+        a = tl.load(a_rows + offs_k[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)  # [BM, BK]
+        w = tl.load(w_cols + offs_k[:, None], mask=k_ok[:, None] & n_ok[None, :], other=0.0)  # [BK, BN]
+        acc = tl.dot(a, w, acc, input_precision=PRECISION)
+    if ROW_WEIGHT:
+        acc = acc * tl.load(row_weight_ptr + pair, mask=row_ok, other=0.0)[:, None]
+    c = c_ptr + pair.to(tl.int64)[:, None] * stride_c + offs_n[None, :]
+    tl.store(c, acc.to(c_ptr.dtype.element_ty), mask=row_ok[:, None] & n_ok[None, :])
+
+
+_kernel = tuned(_moe_gemm_kernel, CONFIGS, key=KEY, interpret_config=INTERPRET_CONFIG, name="moe_gemm")
+
+
+def _check(x, w13, w2, topk_weights, topk_ids):
+    name = "fused_moe"
+    if x.dim() != 2 or w13.dim() != 3 or w2.dim() != 3:
+        raise ValueError(f"{name}: x must be [T, H], w13 [E, 2I, H] and w2 [E, H, I]; got {tuple(x.shape)}, "
+                         f"{tuple(w13.shape)}, {tuple(w2.shape)}")
+    e, two_i, h = w13.shape
+    if x.shape[1] != h or two_i % 2 or tuple(w2.shape) != (e, h, two_i // 2):
+        raise ValueError(f"{name}: shapes do not agree: x {tuple(x.shape)}, w13 {tuple(w13.shape)}, "
+                         f"w2 {tuple(w2.shape)}")
+    if not (x.dtype == w13.dtype == w2.dtype):
+        raise ValueError(f"{name}: x, w13 and w2 must share a dtype, got {x.dtype}, {w13.dtype}, {w2.dtype}")
+    if topk_ids.shape != topk_weights.shape or topk_ids.dim() != 2 or topk_ids.shape[0] != x.shape[0]:
+        raise ValueError(f"{name}: topk_ids and topk_weights must both be [T, K] with T = {x.shape[0]}, got "
+                         f"{tuple(topk_ids.shape)} and {tuple(topk_weights.shape)}")
+    if x.stride(1) != 1 or not (w13.is_contiguous() and w2.is_contiguous()):
+        raise ValueError(f"{name}: x needs a contiguous last dim, w13 and w2 must be contiguous")
+
+
+def _gemm(a, w, c, pairs, block_expert, row_weight, tokens, top_k, by_token, block_m, config=None):
+    n, k = w.shape[1], w.shape[2]
+    grid = lambda meta: (block_expert.numel(), triton.cdiv(n, meta["BLOCK_N"]))  # noqa: E731
+    _kernel(grid, a, w, c, pairs, block_expert, c if row_weight is None else row_weight, tokens * top_k,
+            a.stride(0), w.stride(0), w.stride(1), c.stride(0), next_pow2(tokens),
+            N=n, K=k, TOPK=top_k, A_BY_TOKEN=by_token, ROW_WEIGHT=row_weight is not None,
+            PRECISION="ieee" if a.dtype == torch.float32 else "tf32", BLOCK_M=block_m, config=config)
+
+
+def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor,
+              topk_ids: torch.Tensor, *, config: triton.Config | None = None) -> torch.Tensor:
+    """The MoE MLP of x [T, H] (module doc) -> [T, H] in x's dtype; `config` forces one of CONFIGS (tests)."""
+    _check(x, w13, w2, topk_weights, topk_ids)
+    t, top_k = topk_ids.shape
+    num_experts, inter = w13.shape[0], w13.shape[1] // 2
+    if t == 0:
+        return x.new_empty((0, x.shape[1]))
+    block_m = moe_block_m(t, top_k, num_experts)
+    pairs, block_expert = moe_align(topk_ids, num_experts, block_m)
+    gate_up = x.new_empty((t * top_k, 2 * inter))
+    _gemm(x, w13, gate_up, pairs, block_expert, None, t, top_k, True, block_m, config)
+    act = silu_and_mul(gate_up)  # [T * K, I]
+    down = x.new_empty((t * top_k, x.shape[1]))
+    row_weight = topk_weights.reshape(-1).float().contiguous()
+    _gemm(act, w2, down, pairs, block_expert, row_weight, t, top_k, False, block_m, config)
+    return down.view(t, top_k, -1).sum(dim=1)
+
+
+def fused_moe_ref(x, w13, w2, topk_weights, topk_ids) -> torch.Tensor:
+    """Plain PyTorch, in fp32: the sum over each token's experts of weight * expert MLP."""
+    xf, inter = x.float(), w13.shape[1] // 2
+    out = torch.zeros_like(xf)
+    for e in range(w13.shape[0]):
+        token, slot = torch.nonzero(topk_ids == e, as_tuple=True)
+        if token.numel() == 0:
+            continue
+        h = xf[token] @ w13[e].float().t()
+        h = torch.nn.functional.silu(h[:, :inter]) * h[:, inter:]
+        out.index_add_(0, token, (h @ w2[e].float().t()) * topk_weights[token, slot].float()[:, None])
+    return out.to(x.dtype)
