@@ -1,4 +1,4 @@
-"""Qwen3, Qwen2 and Llama on tritium kernels against transformers on the same synthetic checkpoint."""
+"""Qwen3, Qwen2, Llama and Qwen3-MoE on tritium kernels against transformers on the same synthetic checkpoint."""
 import json
 
 import pytest
@@ -50,7 +50,7 @@ def _tables(lens):
     return out, sum(need) + 3
 
 
-@pytest.fixture(scope="module", params=["tiny", "qwen2-tiny", "llama-tiny"])
+@pytest.fixture(scope="module", params=["tiny", "qwen2-tiny", "llama-tiny", "qwen3-moe-tiny"])
 def models(request):
     from transformers import AutoModelForCausalLM
 
@@ -161,7 +161,7 @@ def test_unsupported_variants_are_named(tmp_path):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("preset", ["qwen3-0.6b", "qwen2.5-0.5b", "llama-3.2-1b"])
+@pytest.mark.parametrize("preset", ["qwen3-0.6b", "qwen2.5-0.5b", "llama-3.2-1b", "qwen3-moe-small"])
 def test_bf16_at_real_shapes_matches_transformers_fp32(preset):
     from transformers import AutoModelForCausalLM
 

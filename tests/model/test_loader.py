@@ -83,3 +83,21 @@ def test_shape_mismatch(tiny_checkpoint, tmp_path):
     _edit_weights(path, lambda t: t.update({name: t[name][:-1].contiguous()}))
     with pytest.raises(ValueError, match=f"{name}.*shape mismatch"):
         load_model(path)
+
+
+def test_moe_experts_missing_or_unknown(tmp_path):
+    moe = synthetic.ensure_checkpoint("qwen3-moe-tiny")
+    path = _copy(moe, tmp_path / "m")
+    _edit_weights(path, lambda t: t.pop("model.layers.0.mlp.experts.5.up_proj.weight"))
+    with pytest.raises(ValueError, match="missing tensors.*layers.0.mlp.experts.gate_up_proj"):
+        load_model(path)
+    path = _copy(moe, tmp_path / "m2")
+    name = "model.layers.0.mlp.experts.8.down_proj.weight"  # the preset has experts 0-7
+    _edit_weights(path, lambda t: t.update({name: t["model.layers.0.mlp.experts.7.down_proj.weight"].clone()}))
+    with pytest.raises(ValueError, match=f"{name}.*unknown expert shard"):
+        load_model(path)
+    path = _copy(moe, tmp_path / "m3")
+    name = "model.layers.0.mlp.experts.2.gate_proj.weight"
+    _edit_weights(path, lambda t: t.update({name: t[name][:-1].contiguous()}))
+    with pytest.raises(ValueError, match=f"{name}.*expert 2 gate_proj"):
+        load_model(path)

@@ -1,10 +1,11 @@
-"""Dense decoder-only models on tritium kernels: Qwen3, Qwen2 / Qwen2.5 and Llama (2, 3, 3.1+).
+"""Decoder-only models on tritium kernels: Qwen3, Qwen2 / Qwen2.5, Llama (2, 3, 3.1+) and Qwen3-MoE.
 
-The three share one layer: input RMSNorm (fused with the residual add), packed QKV projection, RoPE (fused with
+They share one layer: input RMSNorm (fused with the residual add), packed QKV projection, RoPE (fused with
 Qwen3's per-head q_norm / k_norm, in place on views of the packed QKV, the KV store in the same launch), paged
 attention, o_proj, post-attention add+RMSNorm, gate/up projection, SiLU-and-mul, down projection. They differ
-only in the switches of `DecoderSpec` (which projections have a bias, whether q/k are normed) and in the RoPE
-frequencies (Llama 3.1's rescaled ones, see model_inv_freq). At a few rows (layers.few_rows: decode at batch
+only in the switches of `DecoderSpec` (which projections have a bias, whether q/k are normed, whether the MLP is
+Qwen3-MoE's sparse block, model/moe.py) and in the RoPE frequencies (Llama 3.1's rescaled ones, see
+model_inv_freq). At a few rows (layers.few_rows: decode at batch
 1-2) the norms, SiLU-and-mul and residual adds run inside the projections instead (DecoderLayer.finish). The
 residual stream is kept in the model dtype, as in transformers. `forward` returns hidden states for all new
 tokens; `compute_logits` runs the LM head only on the rows that sample. The forward is its pieces (`piece`:
@@ -23,6 +24,7 @@ from tritium.kernels.rmsnorm import add_rms_norm, rms_norm
 from tritium.kernels.rope import apply_rope, qk_norm_rope, rope_cos_sin
 from tritium.kernels.rope import rope_inv_freq as default_inv_freq
 from tritium.model.attention import Attention, AttentionMetadata
+from tritium.model.moe import SparseMoeBlock, is_moe_layer
 from tritium.model.layers import (PackedColumnLinear, ParallelLMHead, QKVParallelLinear, RowParallelLinear,
                                   VocabParallelEmbedding, few_rows, local_kv_heads, tp_rank_and_size)
 
@@ -33,6 +35,7 @@ class DecoderSpec:
     o_bias: bool = False  # o_proj adds a bias
     mlp_bias: bool = False  # gate/up/down add a bias
     qk_norm: bool = False  # per-head RMSNorm of q and k before RoPE (Qwen3)
+    moe: bool = False  # the MLP of the layers is_moe_layer picks is a sparse MoE block (Qwen3-MoE)
 
 
 class RMSNorm(nn.Module):
@@ -101,10 +104,10 @@ class DecoderMLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg, spec: DecoderSpec, rope: torch.Tensor):
+    def __init__(self, cfg, spec: DecoderSpec, rope: torch.Tensor, index: int):
         super().__init__()
         self.self_attn = DecoderAttention(cfg, spec, rope)
-        self.mlp = DecoderMLP(cfg, spec)
+        self.mlp = SparseMoeBlock(cfg) if spec.moe and is_moe_layer(cfg, index) else DecoderMLP(cfg, spec)
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
@@ -122,7 +125,7 @@ class DecoderLayer(nn.Module):
     def finish(self, o, residual):
         """The layer after its attention output o [T, Hq, D]: (hidden, residual), hidden None when added."""
         o = o.view(o.shape[0], -1)
-        if few_rows(o):  # each projection adds into the residual stream, the next one norms it in its loads
+        if few_rows(o) and isinstance(self.mlp, DecoderMLP):  # each projection adds into the residual stream, the next one norms it in its loads
             self.self_attn.o_proj(o, add_to=residual)
             gate_up = self.mlp.gate_up_proj(residual, norm=self.post_attention_layernorm)
             self.mlp.down_proj(gate_up, gated=True, add_to=residual)
@@ -140,7 +143,7 @@ class DecoderModel(nn.Module):
         self.rope = rope_cos_sin(d, cfg.max_position_embeddings, rope_theta(cfg), device=torch.get_default_device(),
                                  inv_freq=model_inv_freq(cfg, d))
         self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(cfg, spec, self.rope) for _ in range(cfg.num_hidden_layers))
+        self.layers = nn.ModuleList(DecoderLayer(cfg, spec, self.rope, i) for i in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
     def piece(self, i: int, x, residual, positions, slots, qkv_out=None):
@@ -218,7 +221,15 @@ class LlamaForCausalLM(DecoderForCausalLM):
         return DecoderSpec(qkv_bias=bias, o_bias=bias, mlp_bias=bool(getattr(cfg, "mlp_bias", False)))
 
 
-ARCHITECTURES = {cls.__name__: cls for cls in (Qwen3ForCausalLM, Qwen2ForCausalLM, LlamaForCausalLM)}
+class Qwen3MoeForCausalLM(DecoderForCausalLM):
+    @staticmethod
+    def spec(cfg) -> DecoderSpec:
+        bias = bool(getattr(cfg, "attention_bias", False))
+        return DecoderSpec(qkv_bias=bias, o_bias=bias, qk_norm=True, moe=True)
+
+
+ARCHITECTURES = {cls.__name__: cls for cls in (Qwen3ForCausalLM, Qwen2ForCausalLM, LlamaForCausalLM,
+                                                Qwen3MoeForCausalLM)}
 
 
 def _rope_params(cfg) -> dict:

@@ -1,13 +1,15 @@
 """Load a Hugging Face safetensors checkpoint into a tritium model.
 
 Handles single-file and sharded (`model.safetensors.index.json`) directories, packed projections (q/k/v ->
-qkv_proj, gate/up -> gate_up_proj, via the model's `packed_modules`), tied embeddings (no `lm_head.weight`),
+qkv_proj, gate/up -> gate_up_proj, via the model's `packed_modules`; each MoE expert's gate/up/down into the
+experts' stacked tensors, shard id (expert, part)), tied embeddings (no `lm_head.weight`),
 and the dtype from the config (`dtype` or `torch_dtype`) unless overridden. Every error names what is wrong.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -63,6 +65,22 @@ def _checkpoint_files(path: Path) -> list[Path]:
     return files
 
 
+# one expert's tensor of a MoE block: experts.<e>.<part>_proj.weight -> (parameter name, (e, part))
+_EXPERT = re.compile(r"\.experts\.(\d+)\.(gate|up|down)_proj\.weight$")
+
+
+def _target(name: str, packed: dict) -> tuple[str, object]:
+    """The parameter a checkpoint tensor loads into, and its shard id (None: the whole parameter)."""
+    m = _EXPERT.search(name)
+    if m:
+        param = "gate_up_proj" if m.group(2) != "down" else "down_proj"
+        return f"{name[:m.start()]}.experts.{param}", (int(m.group(1)), m.group(2))
+    for ckpt_part, (param_part, sid) in packed.items():
+        if f".{ckpt_part}." in name:
+            return name.replace(ckpt_part, param_part), sid
+    return name, None
+
+
 def load_weights(model: nn.Module, model_dir: str | os.PathLike) -> None:
     """Copy every checkpoint tensor into its parameter (through the parameter's weight_loader)."""
     from safetensors import safe_open
@@ -73,11 +91,7 @@ def load_weights(model: nn.Module, model_dir: str | os.PathLike) -> None:
     for file in _checkpoint_files(Path(model_dir)):
         with safe_open(str(file), framework="pt") as f:
             for name in f.keys():
-                target, shard_id = name, None
-                for ckpt_part, (param_part, sid) in packed.items():
-                    if f".{ckpt_part}." in name:
-                        target, shard_id = name.replace(ckpt_part, param_part), sid
-                        break
+                target, shard_id = _target(name, packed)
                 if target not in params:
                     raise ValueError(f"unexpected tensor {name!r} in {file.name}: the model has no such parameter")
                 param = params[target]
@@ -91,7 +105,8 @@ def load_weights(model: nn.Module, model_dir: str | os.PathLike) -> None:
     # A tied parameter (lm_head = embed_tokens) is one object: loading it under either name counts.
     missing = []
     for name, param in params.items():
-        needed = {sid for p, sid in packed.values() if f".{p}." in name} or {None}
+        needed = getattr(param, "shard_ids", None) or {sid for p, sid in packed.values() if f".{p}." in name}
+        needed = needed or {None}
         if not needed <= loaded.get(id(param), set()):
             missing.append(name)
     if missing:

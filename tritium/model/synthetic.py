@@ -1,4 +1,4 @@
-"""Synthetic Hugging Face-format checkpoints (Qwen3, Qwen2, Llama): random weights at chosen shapes, a real
+"""Synthetic Hugging Face-format checkpoints (Qwen3, Qwen3-MoE, Qwen2, Llama): random weights at chosen shapes, a real
 tokenizer.
 
 `python -m tritium.model.synthetic --preset NAME [OUT_DIR]` (NAME: a key of PRESETS) writes config.json,
@@ -12,7 +12,7 @@ and next-token distributions are peaked:
   outweigh the token's own embedding (with tied embeddings a weaker stack makes the model echo its input), so
   every layer, and attention across positions, changes the next token;
 - the final norm (or the untied head) is scaled so logits have a standard deviation of about LOGIT_STD.
-Norm weights are 1 + N(0, 0.1^2) so a kernel that forgets to apply them is caught; Qwen2's q/k/v biases are
+MoE routers ~ N(0, ROUTER_STD^2 / hidden). Norm weights are 1 + N(0, 0.1^2) so a kernel that forgets to apply them is caught; Qwen2's q/k/v biases are
 N(0, BIAS_STD^2).
 """
 from __future__ import annotations
@@ -42,12 +42,28 @@ PRESETS = {
                        # the positions a CPU test reaches
                        rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
                                          original_max_position_embeddings=256), **_TINY),
+    # one sparse layer and one dense one (mlp_only_layers), skewed routing when an expert's logit is large
+    "qwen3-moe-tiny": dict(family="qwen3_moe", hidden_size=128, num_attention_heads=4, num_key_value_heads=2,
+                           head_dim=64, intermediate_size=256, moe_intermediate_size=64, num_experts=8,
+                           num_experts_per_tok=2, norm_topk_prob=True, mlp_only_layers=[1],
+                           tie_word_embeddings=False, **_TINY),
     "qwen3-0.6b": dict(family="qwen3", num_hidden_layers=28, hidden_size=1024, num_attention_heads=16,
                        num_key_value_heads=8, head_dim=128, intermediate_size=3072, vocab_size=151936,
                        tie_word_embeddings=True, max_position_embeddings=40960, torch_dtype="bfloat16"),
     "qwen3-8b": dict(family="qwen3", num_hidden_layers=36, hidden_size=4096, num_attention_heads=32,
                      num_key_value_heads=8, head_dim=128, intermediate_size=12288, vocab_size=151936,
                      tie_word_embeddings=False, max_position_embeddings=40960, torch_dtype="bfloat16"),
+    # GPU tests: Qwen3-0.6B's attention, 64 experts of width 384 (top 8) in every layer; 1.5 GB in bf16
+    "qwen3-moe-small": dict(family="qwen3_moe", num_hidden_layers=8, hidden_size=1024, num_attention_heads=16,
+                            num_key_value_heads=8, head_dim=128, intermediate_size=3072, moe_intermediate_size=384,
+                            num_experts=64, num_experts_per_tok=8, norm_topk_prob=True, mlp_only_layers=[],
+                            vocab_size=151936, tie_word_embeddings=True, max_position_embeddings=40960,
+                            torch_dtype="bfloat16"),
+    "qwen3-30b-a3b": dict(family="qwen3_moe", num_hidden_layers=48, hidden_size=2048, num_attention_heads=32,
+                          num_key_value_heads=4, head_dim=128, intermediate_size=6144, moe_intermediate_size=768,
+                          num_experts=128, num_experts_per_tok=8, norm_topk_prob=True, mlp_only_layers=[],
+                          vocab_size=151936, tie_word_embeddings=False, max_position_embeddings=40960,
+                          torch_dtype="bfloat16"),
     "qwen2.5-0.5b": dict(family="qwen2", num_hidden_layers=24, hidden_size=896, num_attention_heads=14,
                          num_key_value_heads=2, intermediate_size=4864, vocab_size=151936, tie_word_embeddings=True,
                          max_position_embeddings=32768, torch_dtype="bfloat16"),
@@ -62,6 +78,9 @@ PRESETS = {
 _FAMILIES = {
     "qwen3": dict(architectures=["Qwen3ForCausalLM"], model_type="qwen3", attention_bias=False, rms_norm_eps=1e-6,
                   rope_theta=1000000.0, rope_scaling=None, sliding_window=None, use_sliding_window=False),
+    "qwen3_moe": dict(architectures=["Qwen3MoeForCausalLM"], model_type="qwen3_moe", attention_bias=False,
+                      rms_norm_eps=1e-6, rope_theta=1000000.0, rope_scaling=None, sliding_window=None,
+                      use_sliding_window=False, decoder_sparse_step=1),
     "qwen2": dict(architectures=["Qwen2ForCausalLM"], model_type="qwen2", rms_norm_eps=1e-6, rope_theta=1000000.0,
                   rope_scaling=None, sliding_window=None, use_sliding_window=False),
     "llama": dict(architectures=["LlamaForCausalLM"], model_type="llama", attention_bias=False, mlp_bias=False,
@@ -72,6 +91,7 @@ SHARD_BYTES = 2 * 1024**3
 EMBED_STD = 0.05
 BIAS_STD = 0.5  # against unit-RMS projections: large enough that a dropped bias changes the tokens
 LOGIT_STD = 6.0
+ROUTER_STD = 2.0
 CHAT_TEMPLATE = (
     "{%- for message in messages %}"
     "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
@@ -115,16 +135,29 @@ def _tensor_specs(cfg: dict):
             yield p + "self_attn.k_proj.bias", (hkv,), "bias"
             yield p + "self_attn.v_proj.bias", (hkv,), "bias"
         yield p + "self_attn.o_proj.weight", (h, hq), "out"
-        if cfg["model_type"] == "qwen3":
+        if cfg["model_type"] in ("qwen3", "qwen3_moe"):
             yield p + "self_attn.q_norm.weight", (d,), "norm"
             yield p + "self_attn.k_norm.weight", (d,), "norm"
         yield p + "post_attention_layernorm.weight", (h,), "norm"
+        if cfg["model_type"] == "qwen3_moe" and n not in cfg["mlp_only_layers"]:
+            yield from _moe_specs(p + "mlp.", cfg)
+            continue
         yield p + "mlp.gate_proj.weight", (i, h), "in"
         yield p + "mlp.up_proj.weight", (i, h), "in"
         yield p + "mlp.down_proj.weight", (h, i), "out"
     yield "model.norm.weight", (h,), "final_norm"
     if not cfg["tie_word_embeddings"]:
         yield "lm_head.weight", (cfg["vocab_size"], h), "embed"
+
+
+def _moe_specs(p: str, cfg: dict):
+    """A sparse block's tensors: the router and each expert's gated MLP (the checkpoint's per-expert names)."""
+    h, i = cfg["hidden_size"], cfg["moe_intermediate_size"]
+    yield p + "gate.weight", (cfg["num_experts"], h), "router"
+    for e in range(cfg["num_experts"]):
+        yield p + f"experts.{e}.gate_proj.weight", (i, h), "in"
+        yield p + f"experts.{e}.up_proj.weight", (i, h), "in"
+        yield p + f"experts.{e}.down_proj.weight", (h, i), "out"
 
 
 def _make_tensor(shape, kind: str, cfg: dict, gen: torch.Generator) -> torch.Tensor:
@@ -136,6 +169,8 @@ def _make_tensor(shape, kind: str, cfg: dict, gen: torch.Generator) -> torch.Ten
         return x * BIAS_STD
     if kind == "in":
         return x / math.sqrt(shape[1])
+    if kind == "router":  # logits of std ROUTER_STD: some tokens split between experts, some pick one clearly
+        return x * (ROUTER_STD / math.sqrt(shape[1]))
     if kind == "out":
         gain = math.sqrt(h / cfg["num_hidden_layers"])
         return x * (gain * EMBED_STD / math.sqrt(shape[1]))
