@@ -44,7 +44,7 @@ def test_greedy_matches_transformers(tiny_checkpoint, prompts, reference, option
             assert llm.scheduler.num_preemptions > 0
 
 
-@pytest.mark.parametrize("preset", ["qwen2-tiny", "llama-tiny", "qwen3-moe-tiny"])
+@pytest.mark.parametrize("preset", ["qwen2-tiny", "llama-tiny", "qwen3-moe-tiny", "mistral-tiny", "mixtral-tiny"])
 def test_other_architectures_match_transformers_in_a_batch(preset, prompts):
     from transformers import AutoModelForCausalLM
 
@@ -55,6 +55,18 @@ def test_other_architectures_match_transformers_in_a_batch(preset, prompts):
     with LLM(path, kvcache_block_size=16) as llm:
         outs = llm.generate(prompts, GREEDY, use_tqdm=False)
     assert [o["token_ids"] for o in outs] == [greedy_ref(model, p, NEW) for p in prompts]
+
+
+def test_mistral_sliding_window_caps_the_context():
+    """Within its window Mistral attends to everything, as the kernels do: the window caps max_model_len, and
+    a prompt longer than it is refused before anything is queued."""
+    from tritium.model.synthetic import ensure_checkpoint
+
+    with LLM(ensure_checkpoint("mistral-tiny"), kvcache_block_size=16, max_model_len=4096) as llm:
+        assert llm.config.max_model_len == 512  # the preset's sliding_window
+        with pytest.raises(ValueError, match="512"):
+            llm.generate([[1] * 600], GREEDY, use_tqdm=False)
+        assert llm.is_finished()
 
 
 def test_one_at_a_time_and_cache_hits_on_repeat(tiny_checkpoint, prompts, reference):

@@ -1,4 +1,4 @@
-"""Qwen3, Qwen2, Llama and Qwen3-MoE on tritium kernels against transformers on the same synthetic checkpoint."""
+"""Qwen3, Qwen2, Llama, Qwen3-MoE, Mistral and Mixtral on tritium kernels against transformers on the same synthetic checkpoint."""
 import json
 
 import pytest
@@ -50,7 +50,8 @@ def _tables(lens):
     return out, sum(need) + 3
 
 
-@pytest.fixture(scope="module", params=["tiny", "qwen2-tiny", "llama-tiny", "qwen3-moe-tiny"])
+@pytest.fixture(scope="module", params=["tiny", "qwen2-tiny", "llama-tiny", "qwen3-moe-tiny", "mistral-tiny",
+                                                 "mixtral-tiny"])
 def models(request):
     from transformers import AutoModelForCausalLM
 

@@ -4,9 +4,9 @@ Fields and defaults follow Nano-vLLM, plus prefix caching, a dtype override and 
 ``EngineConfig.from_kwargs(model, **kwargs)`` is the entry point for user keywords (``LLM(model, **kw)``):
 an unknown keyword is an error that lists the valid ones, never silently dropped.
 
-Capping ``max_model_len`` by the checkpoint's ``max_position_embeddings`` and sizing the KV cache when
-``num_kvcache_blocks == -1`` happen where the model is known; use ``dataclasses.replace(cfg, ...)`` to get
-an updated copy (validation runs again).
+Capping ``max_model_len`` by the model's context (``max_position_embeddings``; Mistral's sliding window too)
+and sizing the KV cache when ``num_kvcache_blocks == -1`` happen where the model is known; use
+``dataclasses.replace(cfg, ...)`` to get an updated copy (validation runs again).
 """
 from __future__ import annotations
 

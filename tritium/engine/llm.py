@@ -36,11 +36,11 @@ class LLM:
         from transformers import AutoTokenizer
 
         from tritium.engine.executor import make_runner
-        from tritium.model.loader import load_hf_config
+        from tritium.model.loader import load_hf_config, model_class
 
         config = EngineConfig.from_kwargs(str(model), **kwargs)
         self.hf_config = load_hf_config(config.model)
-        max_len = min(config.max_model_len, self.hf_config.max_position_embeddings)
+        max_len = min(config.max_model_len, model_class(self.hf_config).max_context(self.hf_config))
         self.config = dataclasses.replace(config, max_model_len=max_len)
         self.tokenizer = AutoTokenizer.from_pretrained(config.model)
         self.prompts = PromptEncoder(self.tokenizer, self.hf_config.vocab_size)

@@ -1,10 +1,11 @@
-"""Decoder-only models on tritium kernels: Qwen3, Qwen2 / Qwen2.5, Llama (2, 3, 3.1+) and Qwen3-MoE.
+"""Decoder-only models on tritium kernels: Qwen3, Qwen2 / Qwen2.5, Llama (2, 3, 3.1+), Mistral, Qwen3-MoE and
+Mixtral.
 
 They share one layer: input RMSNorm (fused with the residual add), packed QKV projection, RoPE (fused with
 Qwen3's per-head q_norm / k_norm, in place on views of the packed QKV, the KV store in the same launch), paged
 attention, o_proj, post-attention add+RMSNorm, gate/up projection, SiLU-and-mul, down projection. They differ
 only in the switches of `DecoderSpec` (which projections have a bias, whether q/k are normed, whether the MLP is
-Qwen3-MoE's sparse block, model/moe.py) and in the RoPE frequencies (Llama 3.1's rescaled ones, see
+a sparse MoE block, model/moe.py) and in the RoPE frequencies (Llama 3.1's rescaled ones, see
 model_inv_freq). At a few rows (layers.few_rows: decode at batch
 1-2) the norms, SiLU-and-mul and residual adds run inside the projections instead (DecoderLayer.finish). The
 residual stream is kept in the model dtype, as in transformers. `forward` returns hidden states for all new
@@ -35,7 +36,8 @@ class DecoderSpec:
     o_bias: bool = False  # o_proj adds a bias
     mlp_bias: bool = False  # gate/up/down add a bias
     qk_norm: bool = False  # per-head RMSNorm of q and k before RoPE (Qwen3)
-    moe: bool = False  # the MLP of the layers is_moe_layer picks is a sparse MoE block (Qwen3-MoE)
+    moe: bool = False  # the MLP of the layers is_moe_layer picks is a sparse MoE block (Qwen3-MoE, Mixtral)
+    moe_renormalize: bool = False  # the top-k routing weights are rescaled to sum to 1
 
 
 class RMSNorm(nn.Module):
@@ -107,7 +109,7 @@ class DecoderLayer(nn.Module):
     def __init__(self, cfg, spec: DecoderSpec, rope: torch.Tensor, index: int):
         super().__init__()
         self.self_attn = DecoderAttention(cfg, spec, rope)
-        self.mlp = SparseMoeBlock(cfg) if spec.moe and is_moe_layer(cfg, index) else DecoderMLP(cfg, spec)
+        self.mlp = SparseMoeBlock(cfg, spec.moe_renormalize) if spec.moe and is_moe_layer(cfg, index) else DecoderMLP(cfg, spec)
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
@@ -177,10 +179,16 @@ class DecoderForCausalLM(nn.Module):
         "q_proj": ("qkv_proj", "q"), "k_proj": ("qkv_proj", "k"), "v_proj": ("qkv_proj", "v"),
         "gate_proj": ("gate_up_proj", 0), "up_proj": ("gate_up_proj", 1),
     }
+    renamed_modules: dict = {}  # checkpoint module name -> ours (whole dotted components)
 
     @staticmethod
     def spec(cfg) -> DecoderSpec:
         raise NotImplementedError
+
+    @staticmethod
+    def max_context(cfg) -> int:
+        """The longest sequence the model computes exactly: max_model_len is capped by it."""
+        return cfg.max_position_embeddings
 
     def __init__(self, cfg):
         super().__init__()
@@ -225,11 +233,32 @@ class Qwen3MoeForCausalLM(DecoderForCausalLM):
     @staticmethod
     def spec(cfg) -> DecoderSpec:
         bias = bool(getattr(cfg, "attention_bias", False))
-        return DecoderSpec(qkv_bias=bias, o_bias=bias, qk_norm=True, moe=True)
+        return DecoderSpec(qkv_bias=bias, o_bias=bias, qk_norm=True, moe=True,
+                           moe_renormalize=bool(getattr(cfg, "norm_topk_prob", False)))
+
+
+def _window_capped(cfg) -> int:
+    """Mistral's sliding window: a context no longer than the window attends to all of it, which is what the
+    attention kernels compute, so the window caps the context instead of being implemented."""
+    window = getattr(cfg, "sliding_window", None)
+    return min(cfg.max_position_embeddings, window or cfg.max_position_embeddings)
+
+
+class MistralForCausalLM(LlamaForCausalLM):
+    max_context = staticmethod(_window_capped)
+
+
+class MixtralForCausalLM(DecoderForCausalLM):
+    renamed_modules = {"block_sparse_moe": "mlp"}
+    max_context = staticmethod(_window_capped)
+
+    @staticmethod
+    def spec(cfg) -> DecoderSpec:
+        return DecoderSpec(moe=True, moe_renormalize=True)
 
 
 ARCHITECTURES = {cls.__name__: cls for cls in (Qwen3ForCausalLM, Qwen2ForCausalLM, LlamaForCausalLM,
-                                                Qwen3MoeForCausalLM)}
+                                                Qwen3MoeForCausalLM, MistralForCausalLM, MixtralForCausalLM)}
 
 
 def _rope_params(cfg) -> dict:

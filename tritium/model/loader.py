@@ -33,10 +33,14 @@ def load_hf_config(model_dir: str | os.PathLike):
     if not supported:
         raise ValueError(f"unsupported architectures {archs} in {path / 'config.json'}; tritium supports "
                          f"{sorted(ARCHITECTURES)}")
-    model_cls = ARCHITECTURES[supported[0]]
-    model_cls.spec(cfg)  # unsupported variants (sliding window, other RoPE types) fail here, before any work
+    model_class(cfg).spec(cfg)  # unsupported variants (sliding window, other RoPE types) fail here, before any work
     model_inv_freq(cfg, head_dim(cfg))
     return cfg
+
+
+def model_class(cfg) -> type:
+    """The tritium class of the first architecture config.json names that tritium supports."""
+    return ARCHITECTURES[next(a for a in cfg.architectures if a in ARCHITECTURES)]
 
 
 def config_dtype(cfg, override: str | torch.dtype | None = None) -> torch.dtype:
@@ -65,16 +69,20 @@ def _checkpoint_files(path: Path) -> list[Path]:
     return files
 
 
-# one expert's tensor of a MoE block: experts.<e>.<part>_proj.weight -> (parameter name, (e, part))
-_EXPERT = re.compile(r"\.experts\.(\d+)\.(gate|up|down)_proj\.weight$")
+# one expert's tensor of a MoE block: experts.<e>.<part>.weight -> (parameter name, (e, part))
+_EXPERT = re.compile(r"\.experts\.(\d+)\.(gate_proj|up_proj|down_proj|w1|w3|w2)\.weight$")
+_EXPERT_PART = {"gate_proj": "gate", "w1": "gate", "up_proj": "up", "w3": "up", "down_proj": "down", "w2": "down"}
 
 
-def _target(name: str, packed: dict) -> tuple[str, object]:
+def _target(name: str, packed: dict, renamed: dict) -> tuple[str, object]:
     """The parameter a checkpoint tensor loads into, and its shard id (None: the whole parameter)."""
+    for old, new in renamed.items():
+        name = name.replace(f".{old}.", f".{new}.")
     m = _EXPERT.search(name)
     if m:
-        param = "gate_up_proj" if m.group(2) != "down" else "down_proj"
-        return f"{name[:m.start()]}.experts.{param}", (int(m.group(1)), m.group(2))
+        part = _EXPERT_PART[m.group(2)]
+        param = "down_proj" if part == "down" else "gate_up_proj"
+        return f"{name[:m.start()]}.experts.{param}", (int(m.group(1)), part)
     for ckpt_part, (param_part, sid) in packed.items():
         if f".{ckpt_part}." in name:
             return name.replace(ckpt_part, param_part), sid
@@ -87,11 +95,12 @@ def load_weights(model: nn.Module, model_dir: str | os.PathLike) -> None:
 
     params = dict(model.named_parameters(remove_duplicate=False))
     packed = getattr(model, "packed_modules", {})
+    renamed = getattr(model, "renamed_modules", {})
     loaded: dict[int, set] = {}  # id(param) -> shard ids loaded into it (None for an unpacked tensor)
     for file in _checkpoint_files(Path(model_dir)):
         with safe_open(str(file), framework="pt") as f:
             for name in f.keys():
-                target, shard_id = _target(name, packed)
+                target, shard_id = _target(name, packed, renamed)
                 if target not in params:
                     raise ValueError(f"unexpected tensor {name!r} in {file.name}: the model has no such parameter")
                 param = params[target]
@@ -118,13 +127,12 @@ def load_model(model_dir: str | os.PathLike, device: torch.device | str = "cpu",
                dtype: str | torch.dtype | None = None) -> nn.Module:
     """Build the architecture named in config.json on `device` and load its weights."""
     cfg = load_hf_config(model_dir)
-    arch = next(a for a in cfg.architectures if a in ARCHITECTURES)
     target_dtype = config_dtype(cfg, dtype)
     default = torch.get_default_dtype()
     try:
         torch.set_default_dtype(target_dtype)
         with torch.device(device):
-            model = ARCHITECTURES[arch](cfg)
+            model = model_class(cfg)(cfg)
     finally:
         torch.set_default_dtype(default)
     load_weights(model, model_dir)

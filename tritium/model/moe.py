@@ -1,10 +1,10 @@
-"""The sparse MoE block of Qwen3-MoE: a router picks each token's top-k experts, whose gated MLPs run as one
+"""The sparse MoE block of Qwen3-MoE and Mixtral: a router picks each token's top-k experts, whose gated MLPs run as one
 grouped GEMM (kernels/moe.py) and are summed with the routing weights.
 
 Under tensor parallelism every rank holds all experts, each cut along its intermediate width (gate and up rows,
 down columns), as the dense MLP is: the partial outputs are summed over ranks. The router is replicated.
 Parameter names follow the checkpoint's module path (`mlp.gate`, `mlp.experts`); the loader gives each
-expert's `gate_proj` / `up_proj` / `down_proj` tensor to the experts' weight_loader with shard id
+expert's `gate_proj` / `up_proj` / `down_proj` (Mixtral: `w1` / `w3` / `w2`) tensor to the experts' weight_loader with shard id
 (expert, part).
 """
 from __future__ import annotations
@@ -51,15 +51,16 @@ class MoEExperts(nn.Module):
 
 
 class SparseMoeBlock(nn.Module):
-    def __init__(self, cfg):
+    def __init__(self, cfg, renormalize: bool):
         super().__init__()
         num_experts = getattr(cfg, "num_experts", None) or cfg.num_local_experts
         self.top_k = cfg.num_experts_per_tok
         if not 1 <= self.top_k <= num_experts:
             raise ValueError(f"num_experts_per_tok={self.top_k} must be between 1 and num_experts={num_experts}")
-        self.renormalize = bool(getattr(cfg, "norm_topk_prob", False))
+        self.renormalize = renormalize
         self.gate = LinearBase(cfg.hidden_size, num_experts, tp_dim=None)  # the router
-        self.experts = MoEExperts(num_experts, cfg.hidden_size, cfg.moe_intermediate_size)
+        inter = getattr(cfg, "moe_intermediate_size", None) or cfg.intermediate_size  # Mixtral: the latter
+        self.experts = MoEExperts(num_experts, cfg.hidden_size, inter)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [T, H] -> [T, H]: the routed experts' weighted sum (over all ranks)."""

@@ -1,4 +1,4 @@
-"""Synthetic Hugging Face-format checkpoints (Qwen3, Qwen3-MoE, Qwen2, Llama): random weights at chosen shapes, a real
+"""Synthetic Hugging Face-format checkpoints (Qwen3, Qwen3-MoE, Qwen2, Llama, Mistral, Mixtral): random weights at chosen shapes, a real
 tokenizer.
 
 `python -m tritium.model.synthetic --preset NAME [OUT_DIR]` (NAME: a key of PRESETS) writes config.json,
@@ -47,6 +47,12 @@ PRESETS = {
                            head_dim=64, intermediate_size=256, moe_intermediate_size=64, num_experts=8,
                            num_experts_per_tok=2, norm_topk_prob=True, mlp_only_layers=[1],
                            tie_word_embeddings=False, **_TINY),
+    # a sliding window shorter than max_position_embeddings: the engine caps the context at it
+    "mistral-tiny": dict(family="mistral", hidden_size=128, num_attention_heads=4, num_key_value_heads=2,
+                         intermediate_size=256, tie_word_embeddings=False, sliding_window=512, **_TINY),
+    "mixtral-tiny": dict(family="mixtral", hidden_size=128, num_attention_heads=4, num_key_value_heads=2,
+                         intermediate_size=64, num_local_experts=4, num_experts_per_tok=2,
+                         tie_word_embeddings=False, sliding_window=None, **_TINY),
     "qwen3-0.6b": dict(family="qwen3", num_hidden_layers=28, hidden_size=1024, num_attention_heads=16,
                        num_key_value_heads=8, head_dim=128, intermediate_size=3072, vocab_size=151936,
                        tie_word_embeddings=True, max_position_embeddings=40960, torch_dtype="bfloat16"),
@@ -81,6 +87,10 @@ _FAMILIES = {
     "qwen3_moe": dict(architectures=["Qwen3MoeForCausalLM"], model_type="qwen3_moe", attention_bias=False,
                       rms_norm_eps=1e-6, rope_theta=1000000.0, rope_scaling=None, sliding_window=None,
                       use_sliding_window=False, decoder_sparse_step=1),
+    "mistral": dict(architectures=["MistralForCausalLM"], model_type="mistral", rms_norm_eps=1e-5,
+                    rope_theta=1000000.0),
+    "mixtral": dict(architectures=["MixtralForCausalLM"], model_type="mixtral", rms_norm_eps=1e-5,
+                    rope_theta=1000000.0, router_jitter_noise=0.0),
     "qwen2": dict(architectures=["Qwen2ForCausalLM"], model_type="qwen2", rms_norm_eps=1e-6, rope_theta=1000000.0,
                   rope_scaling=None, sliding_window=None, use_sliding_window=False),
     "llama": dict(architectures=["LlamaForCausalLM"], model_type="llama", attention_bias=False, mlp_bias=False,
@@ -112,7 +122,7 @@ def make_config(preset: str) -> dict:
     family = shapes.pop("family")
     ids = _special_ids()
     cfg = {**_FAMILIES[family], "attention_dropout": 0.0, "hidden_act": "silu", "initializer_range": 0.02}
-    if family != "llama":
+    if family.startswith("qwen"):
         cfg["max_window_layers"] = shapes["num_hidden_layers"]
     cfg.update(use_cache=True, bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], **shapes)
     return cfg
@@ -140,7 +150,10 @@ def _tensor_specs(cfg: dict):
             yield p + "self_attn.k_norm.weight", (d,), "norm"
         yield p + "post_attention_layernorm.weight", (h,), "norm"
         if cfg["model_type"] == "qwen3_moe" and n not in cfg["mlp_only_layers"]:
-            yield from _moe_specs(p + "mlp.", cfg)
+            yield from _moe_specs(p + "mlp.", cfg, cfg["moe_intermediate_size"], ("gate_proj", "up_proj", "down_proj"))
+            continue
+        if cfg["model_type"] == "mixtral":
+            yield from _moe_specs(p + "block_sparse_moe.", cfg, i, ("w1", "w3", "w2"))
             continue
         yield p + "mlp.gate_proj.weight", (i, h), "in"
         yield p + "mlp.up_proj.weight", (i, h), "in"
@@ -150,14 +163,16 @@ def _tensor_specs(cfg: dict):
         yield "lm_head.weight", (cfg["vocab_size"], h), "embed"
 
 
-def _moe_specs(p: str, cfg: dict):
-    """A sparse block's tensors: the router and each expert's gated MLP (the checkpoint's per-expert names)."""
-    h, i = cfg["hidden_size"], cfg["moe_intermediate_size"]
-    yield p + "gate.weight", (cfg["num_experts"], h), "router"
-    for e in range(cfg["num_experts"]):
-        yield p + f"experts.{e}.gate_proj.weight", (i, h), "in"
-        yield p + f"experts.{e}.up_proj.weight", (i, h), "in"
-        yield p + f"experts.{e}.down_proj.weight", (h, i), "out"
+def _moe_specs(p: str, cfg: dict, i: int, names: tuple):
+    """A sparse block's tensors: the router and each expert's gated MLP of width i, under the checkpoint's
+    per-expert names (gate, up, down)."""
+    h, (gate, up, down) = cfg["hidden_size"], names
+    num_experts = cfg.get("num_experts") or cfg["num_local_experts"]
+    yield p + "gate.weight", (num_experts, h), "router"
+    for e in range(num_experts):
+        yield p + f"experts.{e}.{gate}.weight", (i, h), "in"
+        yield p + f"experts.{e}.{up}.weight", (i, h), "in"
+        yield p + f"experts.{e}.{down}.weight", (h, i), "out"
 
 
 def _make_tensor(shape, kind: str, cfg: dict, gen: torch.Generator) -> torch.Tensor:
