@@ -4,30 +4,12 @@ Run with TRITON_INTERPRET=0 (test_pdl.py does, in a subprocess: the interpreter'
 import importlib
 import json
 
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-
-BF16 = "*bf16"
+from sm90 import BF16, compile_sm90
 
 
 def loads_around_wait(fn, pointers: dict, ints=(), floats=(), constexprs=None, num_warps=4) -> dict:
     """{'waits', 'before', 'after'}: griddepcontrol.wait count and the ld.global lines before / after the first."""
-    fn = fn if hasattr(fn, "arg_names") else fn.fn  # under triton.heuristics
-    signature, values, attrs = {}, {}, {}
-    for i, name in enumerate(fn.arg_names):
-        if name in pointers:
-            signature[name] = pointers[name]
-            attrs[(i,)] = [["tt.divisibility", 16]]  # as Triton specializes aligned tensors
-        elif name in ints:
-            signature[name] = "i32"
-        elif name in floats:
-            signature[name] = "fp32"
-        else:
-            signature[name] = "constexpr"
-            values[(i,)] = constexprs[name]
-    kernel = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=values, attrs=attrs),
-                            target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps, "launch_pdl": True})
+    kernel = compile_sm90(fn, pointers, ints, floats, constexprs, num_warps, pdl=True)
     lines = kernel.asm["ptx"].splitlines()
     waits = [i for i, line in enumerate(lines) if "griddepcontrol.wait" in line]
     loads = [i for i, line in enumerate(lines) if "ld.global" in line]

@@ -1,11 +1,14 @@
-"""Mixture-of-experts MLP (grouped GEMM over expert-sorted pairs) against the fp32 reference."""
+"""Mixture-of-experts MLP (grouped GEMM over expert-sorted pairs) against the fp32 reference; routing and
+alignment kernels against their torch twins, exactly."""
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
 from tritium.autotune import config_id
-from tritium.kernels.moe import CONFIGS, INTERPRET_CONFIG, fused_moe, fused_moe_ref, moe_align, moe_block_m, moe_route
+from tritium.kernels.moe import CONFIGS, INTERPRET_CONFIG, fused_moe, fused_moe_ref, moe_block_m
+from tritium.kernels.moe_routing import moe_align, moe_align_ref, moe_route, moe_route_ref
+from sm90 import run_script
 from tensor_checks import assert_close, randn
 
 CPU_DTYPES = [torch.float32, torch.float16]
@@ -45,6 +48,27 @@ def test_align_groups_every_pair_once_by_expert(t, e, k, block_m, skew, seed):
             assert (flat[rows[m][ok].long()] == expert).all(), "a block's pairs share its expert"
     used = block_expert[block_expert >= 0]
     assert (used[1:] >= used[:-1]).all() and (block_expert[len(used):] == -1).all(), "runs in expert order"
+    want = moe_align_ref(ids, e, block_m)
+    assert torch.equal(pairs, want[0]) and torch.equal(block_expert, want[1]), "the kernel is the torch layout"
+
+
+@given(
+    t=st.integers(1, 40),
+    e=st.sampled_from([1, 6, 8, 64, 128]),
+    k=st.integers(1, 8),
+    renormalize=st.booleans(),
+    dtype=st.sampled_from(CPU_DTYPES),
+    seed=st.integers(0, 2**16),
+)
+def test_route_is_softmax_top_k(t, e, k, renormalize, dtype, seed):
+    k = min(k, e)
+    g = torch.Generator().manual_seed(seed)
+    logits = randn(t, e + 3, dtype=dtype, scale=3.0, generator=g)[:, :e]  # strided rows
+    weights, ids = moe_route(logits, k, renormalize)
+    want_w, want_ids = moe_route_ref(logits, k, renormalize)
+    assert ids.dtype == torch.int32 and weights.dtype == torch.float32
+    assert torch.equal(ids, want_ids)  # fp32 softmax of distinct values: no ties
+    assert_close(weights, want_w)
 
 
 @given(
@@ -86,6 +110,7 @@ def test_matches_transformers_sparse_block():
     block = Qwen3MoeSparseMoeBlock(cfg).float()
     torch.nn.init.normal_(block.experts.gate_up_proj, std=64**-0.5)
     torch.nn.init.normal_(block.experts.down_proj, std=32**-0.5)
+    torch.nn.init.normal_(block.gate.weight, std=64**-0.5)  # the router starts at zeros: all experts tie
     x = randn(7, 64)
     with torch.no_grad():
         want = block(x.unsqueeze(0))
@@ -120,6 +145,14 @@ def test_bad_inputs_raise():
         fused_moe(x, w13, w2, weights[:2], ids[:2])
     with pytest.raises(ValueError, match="contiguous"):
         fused_moe(randn(64, 3).t(), w13, w2, weights, ids)
+
+
+def test_kernels_compile_for_sm90_without_spills():
+    """Every config of the grouped GEMM, and the routing kernels, at Qwen3-30B-A3B's shapes (moe_sm90.py)."""
+    stats = run_script("moe_sm90.py")
+    assert len(stats) == 2 * len(CONFIGS) + 2
+    for name, got in stats.items():
+        assert got["spills"] == 0 and got["shared"] <= 227 * 1024, (name, got)  # H100: 227 KB a block
 
 
 # ---- GPU: bf16 at Qwen3-30B-A3B's expert shapes (128 experts, top 8, hidden 2048, expert width 768) ----

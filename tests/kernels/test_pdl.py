@@ -4,12 +4,6 @@ A decode layer's chain of such kernels (projections, RoPE + KV store, split atte
 reading and writing one residual stream in place) replayed from a CUDA graph with PDL on must equal the
 same chain run eagerly with PDL off, bit for bit, on every replay. On the CPU: the PDL variants compile for
 sm_90 with the wait ahead of every load of another kernel's output."""
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -17,16 +11,13 @@ import tritium.autotune as autotune
 from tritium.kernels.decode_attention import decode_attention
 from tritium.kernels.rope import qk_norm_rope, rope_cos_sin
 from tritium.kernels.skinny_linear import skinny_linear
+from sm90 import run_script
 
 HQ, HKV, D, HIDDEN, INTER, BLOCK = 16, 8, 128, 1024, 3072, 16
 
 
 def test_pdl_variants_wait_before_loading_what_other_kernels_wrote():
-    env = {**os.environ, "TRITON_INTERPRET": "0"}
-    run = subprocess.run([sys.executable, str(Path(__file__).with_name("pdl_ptx.py"))], env=env, capture_output=True,
-                         text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
-    loads = json.loads(run.stdout.strip().splitlines()[-1])
+    loads = run_script("pdl_ptx.py")
     assert set(loads) == {"skinny_linear", "decode_split", "decode_merge", "rope"}
     for name, got in loads.items():
         assert got["waits"] == 1 and got["after"] > 0, (name, got)

@@ -6,15 +6,15 @@
     topk_ids [T, K] int, topk_weights [T, K] float (moe_route)
     out[t] = sum_k topk_weights[t, k] * w2[e] @ (silu(w13[e, :I] @ x[t]) * (w13[e, I:] @ x[t])),  e = topk_ids[t, k]
 
-A grouped GEMM over the T * K (token, expert) pairs: moe_align sorts the pairs by expert and pads each
-expert's run to BLOCK_M rows, so every row block of the sorted order belongs to one expert. Program (m, n)
-multiplies the rows of block m (gathered from x by the pairs' tokens) with an N tile of that expert's weight
-and scatters the products back to the pairs' rows. Two launches (gate|up, then down after SiLU-and-mul, which
-also scales each row by its routing weight), then a sum over the K rows of each token.
+A grouped GEMM over the T * K (token, expert) pairs: moe_align (moe_routing.py) groups the pairs by expert and
+pads each expert's run to BLOCK_M rows, so every row block of the sorted order belongs to one expert. Program
+(m, n) multiplies the rows of block m (gathered from x by the pairs' tokens) with an N tile of that expert's
+weight and scatters the products back to the pairs' rows. Two launches (gate|up, then down after SiLU-and-mul,
+which also scales each row by its routing weight), then a sum over the K rows of each token.
 
-CUDA-graph safe: moe_align is torch ops of static sizes (no host sync), the grid follows T alone (blocks past
-the last expert's run read their expert as -1 and return), and BLOCK_M follows next_pow2(T), so a step's size
-bucket fixes the compiled variants (autotune.SPECIALIZATION).
+CUDA-graph safe: moe_align's sizes follow T alone (no host sync), the grid too (blocks past the last expert's
+run read their expert as -1 and return), and BLOCK_M follows next_pow2(T), so a step's size bucket fixes the
+compiled variants (autotune.SPECIALIZATION).
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ import triton.language as tl
 
 from tritium.autotune import next_pow2, tuned
 from tritium.kernels.activation import silu_and_mul
+from tritium.kernels.moe_routing import moe_align, moe_route
 
 __all__ = ["fused_moe", "fused_moe_ref", "moe_align", "moe_block_m", "moe_route", "CONFIGS"]
 
@@ -38,45 +39,10 @@ INTERPRET_CONFIG = triton.Config({"BLOCK_N": 64, "BLOCK_K": 64}, num_warps=4)
 KEY = ["N", "K", "BLOCK_M", "rows_bucket"]
 
 
-def moe_route(router_logits: torch.Tensor, top_k: int, renormalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """router_logits [T, E] -> (topk_weights [T, K] fp32, topk_ids [T, K] int64): softmax over the experts
-    in fp32, the top k, rescaled to sum to 1 when renormalize (Qwen3-MoE's norm_topk_prob)."""
-    probs = torch.softmax(router_logits.float(), dim=-1)
-    weights, ids = torch.topk(probs, top_k, dim=-1)
-    if renormalize:
-        weights = weights / weights.sum(dim=-1, keepdim=True)
-    return weights, ids
-
-
 def moe_block_m(num_tokens: int, top_k: int, num_experts: int) -> int:
     """Rows per block: about the pairs an expert gets (16 to 64), from the token bucket only."""
     per_expert = next_pow2(num_tokens) * top_k // num_experts
     return min(64, max(16, next_pow2(per_expert)))
-
-
-def moe_align(topk_ids: torch.Tensor, num_experts: int, block_m: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """topk_ids [T, K] -> (sorted_pairs [M * block_m] int32, block_expert [M] int32): the pair indices
-    t * K + k grouped by expert (in pair order within an expert), each expert's run padded with T * K to a
-    multiple of block_m; block_expert[m] is the expert of block m, -1 past the last run. M depends on T, K
-    and E only: T * K + min(T * K, E) * (block_m - 1) rows cover any routing."""
-    device = topk_ids.device
-    flat = topk_ids.reshape(-1).long()
-    pairs = flat.numel()
-    num_blocks = triton.cdiv(pairs + min(pairs, num_experts) * (block_m - 1), block_m)
-    counts = torch.zeros(num_experts, dtype=torch.long, device=device)
-    counts.scatter_add_(0, flat, torch.ones_like(flat))
-    padded = (counts + block_m - 1) // block_m * block_m
-    padded_end = padded.cumsum(0)
-    order = torch.argsort(flat, stable=True)  # pairs in expert order
-    expert_of = flat[order]
-    rank = torch.arange(pairs, device=device) - (counts.cumsum(0) - counts)[expert_of]  # place within the run
-    dest = (padded_end - padded)[expert_of] + rank
-    sorted_pairs = torch.full((num_blocks * block_m,), pairs, dtype=torch.int32, device=device)
-    sorted_pairs.scatter_(0, dest, order.to(torch.int32))
-    block_start = torch.arange(num_blocks, device=device) * block_m
-    block_expert = torch.searchsorted(padded_end, block_start, right=True)  # first run ending after the start
-    block_expert = torch.where(block_expert < num_experts, block_expert, -1).to(torch.int32)
-    return sorted_pairs, block_expert
 
 
 # variants must not depend on step sizes (autotune.SPECIALIZATION)
@@ -101,6 +67,7 @@ def _moe_gemm_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    EVEN_K: tl.constexpr,  # K % BLOCK_K == 0: no mask along K (heuristic)
 ):
     pid_m = tl.program_id(0)
     expert = tl.load(block_expert_ptr + pid_m)
@@ -111,22 +78,30 @@ def _moe_gemm_kernel(
     a_row = pair // TOPK if A_BY_TOKEN else pair
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < N
-    a_rows = a_ptr + a_row.to(tl.int64)[:, None] * stride_a  # [BLOCK_M, 1]
-    w_cols = w_ptr + expert.to(tl.int64) * stride_we + offs_n[None, :] * stride_wn  # [1, BLOCK_N]
+    offs_k = tl.arange(0, BLOCK_K)
+    a_ptrs = a_ptr + a_row.to(tl.int64)[:, None] * stride_a + offs_k[None, :]  # [BLOCK_M, BLOCK_K]
+    w_ptrs = w_ptr + expert.to(tl.int64) * stride_we + offs_n[None, :] * stride_wn + offs_k[:, None]  # [BK, BN]
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        k_ok = offs_k < K
-        a = tl.load(a_rows + offs_k[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)  # [BM, BK]
-        w = tl.load(w_cols + offs_k[:, None], mask=k_ok[:, None] & n_ok[None, :], other=0.0)  # [BK, BN]
+        if EVEN_K:
+            a = tl.load(a_ptrs, mask=row_ok[:, None], other=0.0)
+            w = tl.load(w_ptrs, mask=n_ok[None, :], other=0.0)
+        else:
+            k_ok = k0 + offs_k < K
+            a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+            w = tl.load(w_ptrs, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
         acc = tl.dot(a, w, acc, input_precision=PRECISION)
+        a_ptrs += BLOCK_K
+        w_ptrs += BLOCK_K
     if ROW_WEIGHT:
         acc = acc * tl.load(row_weight_ptr + pair, mask=row_ok, other=0.0)[:, None]
     c = c_ptr + pair.to(tl.int64)[:, None] * stride_c + offs_n[None, :]
     tl.store(c, acc.to(c_ptr.dtype.element_ty), mask=row_ok[:, None] & n_ok[None, :])
 
 
-_kernel = tuned(_moe_gemm_kernel, CONFIGS, key=KEY, interpret_config=INTERPRET_CONFIG, name="moe_gemm")
+HEURISTICS = {"EVEN_K": lambda a: a["K"] % a["BLOCK_K"] == 0}
+_kernel = tuned(_moe_gemm_kernel, CONFIGS, key=KEY, interpret_config=INTERPRET_CONFIG, heuristics=HEURISTICS,
+                name="moe_gemm")
 
 
 def _check(x, w13, w2, topk_weights, topk_ids):
