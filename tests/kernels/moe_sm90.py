@@ -26,18 +26,24 @@ def _stats(kernel) -> dict:
             "shared": kernel.metadata.shared}
 
 
+def _gemm(config, **constexprs) -> dict:
+    kernel = compile_sm90(
+        moe._moe_gemm_kernel, dict(a_ptr=BF16, w_ptr=BF16, c_ptr=BF16, pairs_ptr="*i32", block_expert_ptr="*i32",
+                                   row_weight_ptr="*fp32"),
+        ints=("num_pairs", "rows_bucket"), ints16=("stride_a", "stride_we", "stride_wn", "stride_c"),
+        constexprs=dict(TOPK=8, PRECISION="tf32", EVEN_K=True, **constexprs, **config.kwargs),
+        num_warps=config.num_warps)
+    return _stats(kernel)
+
+
 def main() -> None:
     out = {}
     for i, config in enumerate(moe.CONFIGS):
         for block_m in (16, 64):
-            kernel = compile_sm90(
-                moe._moe_gemm_kernel, dict(a_ptr=BF16, w_ptr=BF16, c_ptr=BF16, pairs_ptr="*i32",
-                                           block_expert_ptr="*i32", row_weight_ptr="*fp32"),
-                ints=("num_pairs", "rows_bucket"), ints16=("stride_a", "stride_we", "stride_wn", "stride_c"),
-                constexprs=dict(N=1536, K=2048, TOPK=8, A_BY_TOKEN=True, ROW_WEIGHT=False, PRECISION="tf32",
-                                BLOCK_M=block_m, EVEN_K=True, **config.kwargs),
-                num_warps=config.num_warps)
-            out[f"gemm config {i} BLOCK_M {block_m}"] = _stats(kernel)
+            out[f"gate_up config {i} BLOCK_M {block_m}"] = _gemm(
+                config, N=1536, K=2048, A_BY_TOKEN=True, ROW_WEIGHT=False, GATED=False, BLOCK_M=block_m)
+            out[f"down config {i} BLOCK_M {block_m}"] = _gemm(
+                config, N=2048, K=768, A_BY_TOKEN=False, ROW_WEIGHT=True, GATED=True, BLOCK_M=block_m)
     out["route"] = _stats(compile_sm90(
         moe_routing._route_kernel, dict(logits_ptr=BF16, weights_ptr="*fp32", ids_ptr="*i32"), ints16=("stride_l",),
         constexprs=dict(E=128, E_PAD=128, K=8, K_PAD=8, RENORMALIZE=True)))

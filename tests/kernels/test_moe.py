@@ -101,6 +101,35 @@ def test_every_config(config):
     assert_close(fused_moe(x, w13, w2, weights, ids, config=config), fused_moe_ref(x, w13, w2, weights, ids))
 
 
+@pytest.mark.parametrize("dtype", CPU_DTYPES)
+def test_gated_down_is_silu_and_mul_then_the_plain_gemm_bit_for_bit(dtype):
+    from tritium.kernels.activation import silu_and_mul
+    from tritium.kernels.moe import _gemm
+
+    t, e, k, h, i = 9, 8, 2, 64, 80
+    gate_up = randn(t * k, 2 * i, dtype=dtype, scale=2.0)
+    _, w2 = _weights(e, h, i, dtype)
+    weights, ids = moe_route(randn(t, e), k, True)
+    block_m = moe_block_m(t, k, e)
+    pairs, block_expert = moe_align(ids, e, block_m)
+    row_weight = weights.reshape(-1).contiguous()
+    fused, plain = (torch.full((t * k, h), -7.0, dtype=dtype) for _ in range(2))
+    _gemm(gate_up, w2, fused, pairs, block_expert, row_weight, t, k, False, block_m, gated=True)
+    _gemm(silu_and_mul(gate_up), w2, plain, pairs, block_expert, row_weight, t, k, False, block_m)
+    assert torch.equal(fused, plain) and not (fused == -7.0).any()
+
+
+def test_out_is_written_and_returned():
+    x = randn(5, 64)
+    w13, w2 = _weights(4, 64, 32, torch.float32)
+    weights, ids = moe_route(randn(5, 4), 2, True)
+    out = torch.full((5, 64), -7.0)
+    assert fused_moe(x, w13, w2, weights, ids, out=out) is out
+    assert_close(out, fused_moe_ref(x, w13, w2, weights, ids))
+    with pytest.raises(ValueError, match="out must be"):
+        fused_moe(x, w13, w2, weights, ids, out=torch.empty(5, 63))
+
+
 def test_matches_transformers_sparse_block():
     from transformers import Qwen3MoeConfig
     from transformers.models.qwen3_moe.modeling_qwen3_moe import Qwen3MoeSparseMoeBlock
@@ -150,7 +179,7 @@ def test_bad_inputs_raise():
 def test_kernels_compile_for_sm90_without_spills():
     """Every config of the grouped GEMM, and the routing kernels, at Qwen3-30B-A3B's shapes (moe_sm90.py)."""
     stats = run_script("moe_sm90.py")
-    assert len(stats) == 2 * len(CONFIGS) + 2
+    assert len(stats) == 4 * len(CONFIGS) + 2
     for name, got in stats.items():
         assert got["spills"] == 0 and got["shared"] <= 227 * 1024, (name, got)  # H100: 227 KB a block
 

@@ -9,8 +9,9 @@
 A grouped GEMM over the T * K (token, expert) pairs: moe_align (moe_routing.py) groups the pairs by expert and
 pads each expert's run to BLOCK_M rows, so every row block of the sorted order belongs to one expert. Program
 (m, n) multiplies the rows of block m (gathered from x by the pairs' tokens) with an N tile of that expert's
-weight and scatters the products back to the pairs' rows. Two launches (gate|up, then down after SiLU-and-mul,
-which also scales each row by its routing weight), then a sum over the K rows of each token.
+weight and scatters the products back to the pairs' rows. Two launches (gate|up, then down, which applies
+SiLU-and-mul to its input as it loads it and scales each row by its routing weight), then a sum over the K rows
+of each token.
 
 CUDA-graph safe: moe_align's sizes follow T alone (no host sync), the grid too (blocks past the last expert's
 run read their expert as -1 and return), and BLOCK_M follows next_pow2(T), so a step's size bucket fixes the
@@ -23,7 +24,6 @@ import triton
 import triton.language as tl
 
 from tritium.autotune import next_pow2, tuned
-from tritium.kernels.activation import silu_and_mul
 from tritium.kernels.moe_routing import moe_align, moe_route
 
 __all__ = ["fused_moe", "fused_moe_ref", "moe_align", "moe_block_m", "moe_route", "CONFIGS"]
@@ -49,7 +49,8 @@ def moe_block_m(num_tokens: int, top_k: int, num_experts: int) -> int:
 @triton.jit(do_not_specialize=["num_pairs"],
             do_not_specialize_on_alignment=["pairs_ptr", "block_expert_ptr", "row_weight_ptr"])
 def _moe_gemm_kernel(
-    a_ptr,  # [T, K] rows per token (A_BY_TOKEN) or [T * TOPK, K] rows per pair; last dim contiguous
+    a_ptr,  # [T, K] rows per token (A_BY_TOKEN) or [T * TOPK, K] rows per pair ([.., 2K] when GATED); last
+            # dim contiguous
     w_ptr,  # [E, N, K] last dim contiguous
     c_ptr,  # [T * TOPK, N] rows per pair, last dim contiguous
     pairs_ptr,  # [num_blocks * BLOCK_M] int32: sorted pair indices, num_pairs for padding
@@ -63,6 +64,7 @@ def _moe_gemm_kernel(
     TOPK: tl.constexpr,
     A_BY_TOKEN: tl.constexpr,  # a's row of pair p is p // TOPK (its token), else p
     ROW_WEIGHT: tl.constexpr,  # scale each product row by its pair's routing weight
+    GATED: tl.constexpr,  # a's rows are [gate | up]: the input is silu(gate) * up
     PRECISION: tl.constexpr,  # tl.dot input precision ("ieee" for fp32 inputs)
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -83,13 +85,13 @@ def _moe_gemm_kernel(
     w_ptrs = w_ptr + expert.to(tl.int64) * stride_we + offs_n[None, :] * stride_wn + offs_k[:, None]  # [BK, BN]
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
-        if EVEN_K:
-            a = tl.load(a_ptrs, mask=row_ok[:, None], other=0.0)
-            w = tl.load(w_ptrs, mask=n_ok[None, :], other=0.0)
-        else:
-            k_ok = k0 + offs_k < K
-            a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-            w = tl.load(w_ptrs, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+        a_ok = row_ok[:, None] if EVEN_K else row_ok[:, None] & (k0 + offs_k < K)[None, :]
+        w_ok = n_ok[None, :] if EVEN_K else (k0 + offs_k < K)[:, None] & n_ok[None, :]
+        a = tl.load(a_ptrs, mask=a_ok, other=0.0)
+        if GATED:  # rounded once, as silu_and_mul does: the same bits as the separate launch
+            g = a.to(tl.float32)
+            a = (g * tl.sigmoid(g) * tl.load(a_ptrs + K, mask=a_ok, other=0.0).to(tl.float32)).to(a.dtype)
+        w = tl.load(w_ptrs, mask=w_ok, other=0.0)
         acc = tl.dot(a, w, acc, input_precision=PRECISION)
         a_ptrs += BLOCK_K
         w_ptrs += BLOCK_K
@@ -122,32 +124,38 @@ def _check(x, w13, w2, topk_weights, topk_ids):
         raise ValueError(f"{name}: x needs a contiguous last dim, w13 and w2 must be contiguous")
 
 
-def _gemm(a, w, c, pairs, block_expert, row_weight, tokens, top_k, by_token, block_m, config=None):
+def _gemm(a, w, c, pairs, block_expert, row_weight, tokens, top_k, by_token, block_m, config=None, gated=False):
     n, k = w.shape[1], w.shape[2]
     grid = lambda meta: (block_expert.numel(), triton.cdiv(n, meta["BLOCK_N"]))  # noqa: E731
     _kernel(grid, a, w, c, pairs, block_expert, c if row_weight is None else row_weight, tokens * top_k,
             a.stride(0), w.stride(0), w.stride(1), c.stride(0), next_pow2(tokens),
-            N=n, K=k, TOPK=top_k, A_BY_TOKEN=by_token, ROW_WEIGHT=row_weight is not None,
+            N=n, K=k, TOPK=top_k, A_BY_TOKEN=by_token, ROW_WEIGHT=row_weight is not None, GATED=gated,
             PRECISION="ieee" if a.dtype == torch.float32 else "tf32", BLOCK_M=block_m, config=config)
 
 
 def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor,
-              topk_ids: torch.Tensor, *, config: triton.Config | None = None) -> torch.Tensor:
-    """The MoE MLP of x [T, H] (module doc) -> [T, H] in x's dtype; `config` forces one of CONFIGS (tests)."""
+              topk_ids: torch.Tensor, *, out: torch.Tensor | None = None,
+              config: triton.Config | None = None) -> torch.Tensor:
+    """The MoE MLP of x [T, H] (module doc) -> out [T, H] in x's dtype (new, or `out=`); `config` forces
+    one of CONFIGS (tests)."""
     _check(x, w13, w2, topk_weights, topk_ids)
     t, top_k = topk_ids.shape
     num_experts, inter = w13.shape[0], w13.shape[1] // 2
+    if out is None:
+        out = x.new_empty(x.shape)
+    elif out.shape != x.shape or out.dtype != x.dtype or out.device != x.device:
+        raise ValueError(f"fused_moe: out must be {x.dtype} {tuple(x.shape)} on {x.device}, got {out.dtype} "
+                         f"{tuple(out.shape)} on {out.device}")
     if t == 0:
-        return x.new_empty((0, x.shape[1]))
+        return out
     block_m = moe_block_m(t, top_k, num_experts)
     pairs, block_expert = moe_align(topk_ids, num_experts, block_m)
     gate_up = x.new_empty((t * top_k, 2 * inter))
     _gemm(x, w13, gate_up, pairs, block_expert, None, t, top_k, True, block_m, config)
-    act = silu_and_mul(gate_up)  # [T * K, I]
     down = x.new_empty((t * top_k, x.shape[1]))
     row_weight = topk_weights.reshape(-1).float().contiguous()
-    _gemm(act, w2, down, pairs, block_expert, row_weight, t, top_k, False, block_m, config)
-    return down.view(t, top_k, -1).sum(dim=1)
+    _gemm(gate_up, w2, down, pairs, block_expert, row_weight, t, top_k, False, block_m, config, gated=True)
+    return torch.sum(down.view(t, top_k, -1), dim=1, out=out)
 
 
 def fused_moe_ref(x, w13, w2, topk_weights, topk_ids) -> torch.Tensor:
