@@ -44,7 +44,8 @@ def test_greedy_matches_transformers(tiny_checkpoint, prompts, reference, option
             assert llm.scheduler.num_preemptions > 0
 
 
-@pytest.mark.parametrize("preset", ["qwen2-tiny", "llama-tiny", "qwen3-moe-tiny", "mistral-tiny", "mixtral-tiny"])
+@pytest.mark.parametrize("preset", ["qwen2-tiny", "llama-tiny", "qwen3-moe-tiny", "mistral-tiny", "mixtral-tiny",
+                                    "qwen2-moe-tiny"])
 def test_other_architectures_match_transformers_in_a_batch(preset, prompts):
     from transformers import AutoModelForCausalLM
 

@@ -33,8 +33,8 @@ def _nothing_left():
     ("tiny", dict(max_num_batched_tokens=16, num_kvcache_blocks=6)),  # chunked prefill and preemption
     ("qwen2-tiny", dict()),  # biases split with their rows
     ("llama-tiny", dict()),  # one KV head, replicated on both ranks
-    ("qwen3-moe-tiny", dict()),  # every expert cut along its width, the router replicated
-], ids=["batched", "tp4", "chunked-preempting", "qwen2", "llama-replicated-kv", "qwen3-moe"])
+    ("qwen2-moe-tiny", dict()),  # every expert cut along its width, router and shared gate replicated
+], ids=["batched", "tp4", "chunked-preempting", "qwen2", "llama-replicated-kv", "qwen2-moe"])
 def test_tp_greedy_matches_transformers(preset, options):
     from transformers import AutoModelForCausalLM
 

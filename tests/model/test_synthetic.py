@@ -18,7 +18,8 @@ def _digest(path):
 @pytest.mark.parametrize("preset,arch", [("tiny", "Qwen3ForCausalLM"), ("qwen2-tiny", "Qwen2ForCausalLM"),
                                          ("llama-tiny", "LlamaForCausalLM"),
                                          ("qwen3-moe-tiny", "Qwen3MoeForCausalLM"),
-                                         ("mistral-tiny", "MistralForCausalLM"), ("mixtral-tiny", "MixtralForCausalLM")])
+                                         ("mistral-tiny", "MistralForCausalLM"), ("mixtral-tiny", "MixtralForCausalLM"),
+                                         ("qwen2-moe-tiny", "Qwen2MoeForCausalLM")])
 def test_tiny_presets_load_in_transformers_with_peaked_logits(preset, arch):
     from transformers import AutoModelForCausalLM
 

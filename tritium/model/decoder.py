@@ -1,5 +1,5 @@
-"""Decoder-only models on tritium kernels: Qwen3, Qwen2 / Qwen2.5, Llama (2, 3, 3.1+), Mistral, Qwen3-MoE and
-Mixtral.
+"""Decoder-only models on tritium kernels: Qwen3, Qwen2 / Qwen2.5, Llama (2, 3, 3.1+), Mistral, and the
+mixture-of-experts Qwen3-MoE, Qwen2-MoE and Mixtral.
 
 They share one layer: input RMSNorm (fused with the residual add), packed QKV projection, RoPE (fused with
 Qwen3's per-head q_norm / k_norm, in place on views of the packed QKV, the KV store in the same launch), paged
@@ -11,7 +11,8 @@ model_inv_freq). At a few rows (layers.few_rows: decode at batch
 residual stream is kept in the model dtype, as in transformers. `forward` returns hidden states for all new
 tokens; `compute_logits` runs the LM head only on the rows that sample. The forward is its pieces (`piece`:
 everything between two attention calls, KV store included) with `attend` in between, so the engine can replay
-the pieces from CUDA graphs.
+the pieces from CUDA graphs. The architectures themselves (DecoderForCausalLM's subclasses, by config.json
+name) are in model/architectures.py.
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ class DecoderSpec:
     qk_norm: bool = False  # per-head RMSNorm of q and k before RoPE (Qwen3)
     moe: bool = False  # the MLP of the layers is_moe_layer picks is a sparse MoE block (Qwen3-MoE, Mixtral)
     moe_renormalize: bool = False  # the top-k routing weights are rescaled to sum to 1
+    moe_shared_expert: bool = False  # a sigmoid-gated dense expert beside the routed ones (Qwen2-MoE)
 
 
 class RMSNorm(nn.Module):
@@ -95,11 +97,11 @@ class DecoderAttention(nn.Module):
 
 
 class DecoderMLP(nn.Module):
-    def __init__(self, cfg, spec: DecoderSpec):
+    def __init__(self, cfg, spec: DecoderSpec, inter: int | None = None):
         super().__init__()
-        self.gate_up_proj = PackedColumnLinear(cfg.hidden_size, {0: cfg.intermediate_size, 1: cfg.intermediate_size},
-                                               bias=spec.mlp_bias)
-        self.down_proj = RowParallelLinear(cfg.intermediate_size, cfg.hidden_size, bias=spec.mlp_bias)
+        inter = inter or cfg.intermediate_size
+        self.gate_up_proj = PackedColumnLinear(cfg.hidden_size, {0: inter, 1: inter}, bias=spec.mlp_bias)
+        self.down_proj = RowParallelLinear(inter, cfg.hidden_size, bias=spec.mlp_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(self.gate_up_proj(x), gated=True)  # SiLU-and-mul of [gate | up] first
@@ -109,7 +111,11 @@ class DecoderLayer(nn.Module):
     def __init__(self, cfg, spec: DecoderSpec, rope: torch.Tensor, index: int):
         super().__init__()
         self.self_attn = DecoderAttention(cfg, spec, rope)
-        self.mlp = SparseMoeBlock(cfg, spec.moe_renormalize) if spec.moe and is_moe_layer(cfg, index) else DecoderMLP(cfg, spec)
+        if spec.moe and is_moe_layer(cfg, index):
+            shared = DecoderMLP(cfg, spec, cfg.shared_expert_intermediate_size) if spec.moe_shared_expert else None
+            self.mlp = SparseMoeBlock(cfg, spec.moe_renormalize, shared)
+        else:
+            self.mlp = DecoderMLP(cfg, spec)
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
@@ -205,60 +211,6 @@ class DecoderForCausalLM(nn.Module):
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [N, hidden] (only the rows that sample) -> logits [N, vocab], on every rank under TP."""
         return self.lm_head(hidden)
-
-
-class Qwen3ForCausalLM(DecoderForCausalLM):
-    @staticmethod
-    def spec(cfg) -> DecoderSpec:
-        bias = bool(getattr(cfg, "attention_bias", False))
-        return DecoderSpec(qkv_bias=bias, o_bias=bias, qk_norm=True)
-
-
-class Qwen2ForCausalLM(DecoderForCausalLM):
-    @staticmethod
-    def spec(cfg) -> DecoderSpec:
-        if getattr(cfg, "use_sliding_window", False):
-            raise ValueError("Qwen2 with use_sliding_window=true is not supported (sliding-window attention)")
-        return DecoderSpec(qkv_bias=True)
-
-
-class LlamaForCausalLM(DecoderForCausalLM):
-    @staticmethod
-    def spec(cfg) -> DecoderSpec:
-        bias = bool(getattr(cfg, "attention_bias", False))
-        return DecoderSpec(qkv_bias=bias, o_bias=bias, mlp_bias=bool(getattr(cfg, "mlp_bias", False)))
-
-
-class Qwen3MoeForCausalLM(DecoderForCausalLM):
-    @staticmethod
-    def spec(cfg) -> DecoderSpec:
-        bias = bool(getattr(cfg, "attention_bias", False))
-        return DecoderSpec(qkv_bias=bias, o_bias=bias, qk_norm=True, moe=True,
-                           moe_renormalize=bool(getattr(cfg, "norm_topk_prob", False)))
-
-
-def _window_capped(cfg) -> int:
-    """Mistral's sliding window: a context no longer than the window attends to all of it, which is what the
-    attention kernels compute, so the window caps the context instead of being implemented."""
-    window = getattr(cfg, "sliding_window", None)
-    return min(cfg.max_position_embeddings, window or cfg.max_position_embeddings)
-
-
-class MistralForCausalLM(LlamaForCausalLM):
-    max_context = staticmethod(_window_capped)
-
-
-class MixtralForCausalLM(DecoderForCausalLM):
-    renamed_modules = {"block_sparse_moe": "mlp"}
-    max_context = staticmethod(_window_capped)
-
-    @staticmethod
-    def spec(cfg) -> DecoderSpec:
-        return DecoderSpec(moe=True, moe_renormalize=True)
-
-
-ARCHITECTURES = {cls.__name__: cls for cls in (Qwen3ForCausalLM, Qwen2ForCausalLM, LlamaForCausalLM,
-                                                Qwen3MoeForCausalLM, MistralForCausalLM, MixtralForCausalLM)}
 
 
 def _rope_params(cfg) -> dict:

@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from tritium.model.layers import default_weight_loader
-from tritium.model.decoder import ARCHITECTURES, head_dim, model_inv_freq
+from tritium.model.architectures import ARCHITECTURES
+from tritium.model.decoder import head_dim, model_inv_freq
 
 
 def load_hf_config(model_dir: str | os.PathLike):

@@ -1,4 +1,4 @@
-"""The sparse MoE block of Qwen3-MoE and Mixtral: a router picks each token's top-k experts, whose gated MLPs run as one
+"""The sparse MoE block of Qwen3-MoE, Qwen2-MoE and Mixtral: a router picks each token's top-k experts, whose gated MLPs run as one
 grouped GEMM (kernels/moe.py) and are summed with the routing weights.
 
 Under tensor parallelism every rank holds all experts, each cut along its intermediate width (gate and up rows,
@@ -51,7 +51,8 @@ class MoEExperts(nn.Module):
 
 
 class SparseMoeBlock(nn.Module):
-    def __init__(self, cfg, renormalize: bool):
+    def __init__(self, cfg, renormalize: bool, shared_expert: nn.Module | None = None):
+        """shared_expert: Qwen2-MoE's dense MLP that every token also takes, scaled by a sigmoid gate."""
         super().__init__()
         num_experts = getattr(cfg, "num_experts", None) or cfg.num_local_experts
         self.top_k = cfg.num_experts_per_tok
@@ -61,13 +62,18 @@ class SparseMoeBlock(nn.Module):
         self.gate = LinearBase(cfg.hidden_size, num_experts, tp_dim=None)  # the router
         inter = getattr(cfg, "moe_intermediate_size", None) or cfg.intermediate_size  # Mixtral: the latter
         self.experts = MoEExperts(num_experts, cfg.hidden_size, inter)
+        self.shared_expert = shared_expert
+        if shared_expert is not None:
+            self.shared_expert_gate = LinearBase(cfg.hidden_size, 1, tp_dim=None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x [T, H] -> [T, H]: the routed experts' weighted sum (over all ranks)."""
+        """x [T, H] -> [T, H]: the routed experts' weighted sum (over all ranks), plus the gated shared expert."""
         weights, ids = moe_route(self.gate(x), self.top_k, self.renormalize)
         y = fused_moe(x, self.experts.gate_up_proj, self.experts.down_proj, weights, ids)
         if self.experts.tp_size > 1:
             dist.all_reduce(y)
+        if self.shared_expert is not None:
+            y += torch.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)
         return y
 
 

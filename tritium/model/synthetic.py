@@ -1,4 +1,4 @@
-"""Synthetic Hugging Face-format checkpoints (Qwen3, Qwen3-MoE, Qwen2, Llama, Mistral, Mixtral): random weights at chosen shapes, a real
+"""Synthetic Hugging Face-format checkpoints (Qwen3, Qwen3-MoE, Qwen2, Qwen2-MoE, Llama, Mistral, Mixtral): random weights at chosen shapes, a real
 tokenizer.
 
 `python -m tritium.model.synthetic --preset NAME [OUT_DIR]` (NAME: a key of PRESETS) writes config.json,
@@ -47,6 +47,11 @@ PRESETS = {
                            head_dim=64, intermediate_size=256, moe_intermediate_size=64, num_experts=8,
                            num_experts_per_tok=2, norm_topk_prob=True, mlp_only_layers=[1],
                            tie_word_embeddings=False, **_TINY),
+    # a shared expert beside 8 routed ones, the top 4 of them not renormalized
+    "qwen2-moe-tiny": dict(family="qwen2_moe", hidden_size=128, num_attention_heads=4, num_key_value_heads=2,
+                           intermediate_size=256, moe_intermediate_size=32, shared_expert_intermediate_size=96,
+                           num_experts=8, num_experts_per_tok=4, norm_topk_prob=False, mlp_only_layers=[],
+                           tie_word_embeddings=False, **_TINY),
     # a sliding window shorter than max_position_embeddings: the engine caps the context at it
     "mistral-tiny": dict(family="mistral", hidden_size=128, num_attention_heads=4, num_key_value_heads=2,
                          intermediate_size=256, tie_word_embeddings=False, sliding_window=512, **_TINY),
@@ -85,6 +90,9 @@ _FAMILIES = {
     "qwen3": dict(architectures=["Qwen3ForCausalLM"], model_type="qwen3", attention_bias=False, rms_norm_eps=1e-6,
                   rope_theta=1000000.0, rope_scaling=None, sliding_window=None, use_sliding_window=False),
     "qwen3_moe": dict(architectures=["Qwen3MoeForCausalLM"], model_type="qwen3_moe", attention_bias=False,
+                      rms_norm_eps=1e-6, rope_theta=1000000.0, rope_scaling=None, sliding_window=None,
+                      use_sliding_window=False, decoder_sparse_step=1),
+    "qwen2_moe": dict(architectures=["Qwen2MoeForCausalLM"], model_type="qwen2_moe", qkv_bias=True,
                       rms_norm_eps=1e-6, rope_theta=1000000.0, rope_scaling=None, sliding_window=None,
                       use_sliding_window=False, decoder_sparse_step=1),
     "mistral": dict(architectures=["MistralForCausalLM"], model_type="mistral", rms_norm_eps=1e-5,
@@ -140,7 +148,7 @@ def _tensor_specs(cfg: dict):
         yield p + "self_attn.q_proj.weight", (hq, h), "in"
         yield p + "self_attn.k_proj.weight", (hkv, h), "in"
         yield p + "self_attn.v_proj.weight", (hkv, h), "in"
-        if cfg["model_type"] == "qwen2":
+        if cfg["model_type"] in ("qwen2", "qwen2_moe"):
             yield p + "self_attn.q_proj.bias", (hq,), "bias"
             yield p + "self_attn.k_proj.bias", (hkv,), "bias"
             yield p + "self_attn.v_proj.bias", (hkv,), "bias"
@@ -149,7 +157,7 @@ def _tensor_specs(cfg: dict):
             yield p + "self_attn.q_norm.weight", (d,), "norm"
             yield p + "self_attn.k_norm.weight", (d,), "norm"
         yield p + "post_attention_layernorm.weight", (h,), "norm"
-        if cfg["model_type"] == "qwen3_moe" and n not in cfg["mlp_only_layers"]:
+        if cfg["model_type"] in ("qwen3_moe", "qwen2_moe") and n not in cfg["mlp_only_layers"]:
             yield from _moe_specs(p + "mlp.", cfg, cfg["moe_intermediate_size"], ("gate_proj", "up_proj", "down_proj"))
             continue
         if cfg["model_type"] == "mixtral":
@@ -173,6 +181,12 @@ def _moe_specs(p: str, cfg: dict, i: int, names: tuple):
         yield p + f"experts.{e}.{gate}.weight", (i, h), "in"
         yield p + f"experts.{e}.{up}.weight", (i, h), "in"
         yield p + f"experts.{e}.{down}.weight", (h, i), "out"
+    if cfg.get("shared_expert_intermediate_size"):  # Qwen2-MoE
+        s = cfg["shared_expert_intermediate_size"]
+        yield p + "shared_expert.gate_proj.weight", (s, h), "in"
+        yield p + "shared_expert.up_proj.weight", (s, h), "in"
+        yield p + "shared_expert.down_proj.weight", (h, s), "out"
+        yield p + "shared_expert_gate.weight", (1, h), "router"
 
 
 def _make_tensor(shape, kind: str, cfg: dict, gen: torch.Generator) -> torch.Tensor:
