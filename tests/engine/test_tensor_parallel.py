@@ -54,6 +54,15 @@ def test_bad_sizes_are_refused_before_any_process_starts():
         LLM(ensure_checkpoint("tiny"), tensor_parallel_size=3)
     with pytest.raises(ValueError, match=r"num_key_value_heads \(2\): one must divide the other"):
         LLM(ensure_checkpoint("qwen2-tiny"), tensor_parallel_size=3)
+    from types import SimpleNamespace
+
+    from tritium.engine.executor import check_tensor_parallel
+
+    moe = SimpleNamespace(num_attention_heads=4, intermediate_size=256, num_key_value_heads=2,
+                          moe_intermediate_size=30)  # every expert is cut along its width too
+    with pytest.raises(ValueError, match=r"tensor_parallel_size=4 must divide the model's moe_intermediate_size"):
+        check_tensor_parallel(moe, 4, one_host=False)
+    check_tensor_parallel(moe, 2, one_host=False)
     _nothing_left()
 
 

@@ -194,3 +194,16 @@ def test_bf16_at_real_shapes_matches_transformers_fp32(preset):
         want = torch.stack([ref(torch.cat([p, nxt[b:b + 1]])[None].cuda()).logits[0, -1]
                             for b, p in enumerate(prompts[:2])])
     assert rel_err(logits, want) <= 3e-2
+
+
+def test_sparse_layers_are_the_ones_transformers_builds():
+    """decoder_sparse_step and mlp_only_layers pick the same MoE layers as transformers' Qwen3-MoE."""
+    from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
+
+    from tritium.model.moe import is_moe_layer
+
+    cfg = Qwen3MoeConfig(vocab_size=64, hidden_size=32, intermediate_size=64, moe_intermediate_size=16,
+                         num_hidden_layers=6, num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                         num_experts=4, num_experts_per_tok=2, decoder_sparse_step=2, mlp_only_layers=[3])
+    theirs = ["Sparse" in type(layer.mlp).__name__ for layer in Qwen3MoeForCausalLM(cfg).model.layers]
+    assert theirs == [is_moe_layer(cfg, i) for i in range(6)] == [False, True, False, False, False, True]

@@ -36,8 +36,9 @@ def check_tensor_parallel(hf_config, n: int, one_host: bool = True) -> None:
     """ValueError naming what does not divide, or the GPUs missing, before any process starts."""
     if one_host and torch.cuda.is_available() and n > torch.cuda.device_count():
         raise ValueError(f"tensor_parallel_size={n} but only {torch.cuda.device_count()} GPUs are visible")
-    for name in ("num_attention_heads", "intermediate_size"):
-        value = getattr(hf_config, name)
+    for name in ("num_attention_heads", "intermediate_size", "moe_intermediate_size",
+                 "shared_expert_intermediate_size"):
+        value = getattr(hf_config, name, None) or 0  # the MoE widths only where the model has them
         if value % n:
             raise ValueError(f"tensor_parallel_size={n} must divide the model's {name} ({value})")
     kv = hf_config.num_key_value_heads
