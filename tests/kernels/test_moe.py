@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from tritium.autotune import config_id
 from tritium.kernels.moe import CONFIGS, INTERPRET_CONFIG, fused_moe, fused_moe_ref, moe_block_m
-from tritium.kernels.moe_routing import moe_align, moe_align_ref, moe_route, moe_route_ref
+from tritium.kernels.moe_routing import moe_align, moe_align_torch, moe_route, moe_route_ref
 from sm90 import run_script
 from tensor_checks import assert_close, randn
 
@@ -48,8 +48,19 @@ def test_align_groups_every_pair_once_by_expert(t, e, k, block_m, skew, seed):
             assert (flat[rows[m][ok].long()] == expert).all(), "a block's pairs share its expert"
     used = block_expert[block_expert >= 0]
     assert (used[1:] >= used[:-1]).all() and (block_expert[len(used):] == -1).all(), "runs in expert order"
-    want = moe_align_ref(ids, e, block_m)
+    want = moe_align_torch(ids, e, block_m)
     assert torch.equal(pairs, want[0]) and torch.equal(block_expert, want[1]), "the kernel is the torch layout"
+
+
+@pytest.mark.parametrize("e,block_m", [(128, 16), (60, 64)])
+def test_align_kernel_at_its_largest_step_is_the_torch_layout(e, block_m):
+    from tritium.kernels.moe_routing import KERNEL_MAX_PAIRS
+
+    ids = torch.randint(0, e, (KERNEL_MAX_PAIRS // 8, 8))
+    ids[: len(ids) // 2, 0] = 3  # one expert far above the rest: runs of many blocks
+    got = moe_align(ids, e, block_m)
+    want = moe_align_torch(ids, e, block_m)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 
 @given(

@@ -8,12 +8,13 @@
         padded with T * K to a multiple of block_m; block_expert[m] is the expert of block m, -1 past the
         last run. M = moe_num_blocks(T * K, E, block_m) covers any routing, so it depends on sizes alone.
 
-moe_align is one program (the pairs of a step are few: T * K, at most a few tens of thousands): it counts the
-pairs per expert, lays out the padded runs (prefix sums), labels the blocks and padding rows, then places the
-pairs chunk by chunk, each pair at its expert's fill point plus its rank among the chunk's pairs of that
-expert. Both replace a dozen or more small torch launches per layer with one each (the decode graphs replay
-every launch per layer). The *_ref functions are the same in plain torch; the tests hold the kernels to them
-exactly.
+moe_align's kernel is one program: it counts the pairs per expert, lays out the padded runs (prefix sums),
+labels the blocks and padding rows, then places the pairs chunk by chunk, each pair at its expert's fill point
+plus its rank among the chunk's pairs of that expert. One program walks every pair in turn, so it serves steps
+of up to KERNEL_MAX_PAIRS pairs (every decode step and small prefills, where the ~25 small launches of the
+torch form would dominate: the decode graphs replay each launch per layer); larger steps take the torch form,
+whose sort spreads over the GPU. Both kernels equal their torch forms (moe_route_ref, moe_align_torch) exactly,
+which is what the tests check.
 """
 from __future__ import annotations
 
@@ -23,10 +24,11 @@ import triton.language as tl
 
 from tritium.autotune import next_pow2
 
-__all__ = ["moe_align", "moe_align_ref", "moe_num_blocks", "moe_route", "moe_route_ref"]
+__all__ = ["moe_align", "moe_align_torch", "moe_num_blocks", "moe_route", "moe_route_ref"]
 
 CHUNK = 64  # pairs placed per step of moe_align (a [CHUNK, CHUNK] rank and a [CHUNK, E] gather per step)
 ROWS = 128  # rows labelled per step of moe_align
+KERNEL_MAX_PAIRS = 2048  # moe_align's one program up to this many pairs (256 tokens at top 8), torch above
 
 
 def moe_num_blocks(num_pairs: int, num_experts: int, block_m: int) -> int:
@@ -136,6 +138,8 @@ def moe_route_ref(router_logits, top_k: int, renormalize: bool):
 def moe_align(topk_ids: torch.Tensor, num_experts: int, block_m: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(sorted_pairs, block_expert) of topk_ids [T, K] (module doc)."""
     flat = topk_ids.reshape(-1)
+    if flat.numel() > KERNEL_MAX_PAIRS:  # a size, not data: a step's bucket always takes the same path
+        return moe_align_torch(topk_ids, num_experts, block_m)
     num_blocks = moe_num_blocks(flat.numel(), num_experts, block_m)
     sorted_pairs = torch.empty(num_blocks * block_m, dtype=torch.int32, device=flat.device)
     block_expert = torch.empty(num_blocks, dtype=torch.int32, device=flat.device)
@@ -145,7 +149,8 @@ def moe_align(topk_ids: torch.Tensor, num_experts: int, block_m: int) -> tuple[t
     return sorted_pairs, block_expert
 
 
-def moe_align_ref(topk_ids: torch.Tensor, num_experts: int, block_m: int):
+def moe_align_torch(topk_ids: torch.Tensor, num_experts: int, block_m: int):
+    """moe_align in torch ops of static sizes (CUDA-graph safe, no host sync)."""
     device = topk_ids.device
     flat = topk_ids.reshape(-1).long()
     pairs = flat.numel()
