@@ -58,7 +58,7 @@ def test_align_kernel_at_its_largest_step_is_the_torch_layout(e, block_m):
 
     ids = torch.randint(0, e, (KERNEL_MAX_PAIRS // 8, 8))
     ids[: len(ids) // 2, 0] = 3  # one expert far above the rest: runs of many blocks
-    got = moe_align(ids, e, block_m)
+    got = moe_align(ids, e, block_m)  # the kernel's path: its largest step
     want = moe_align_torch(ids, e, block_m)
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 

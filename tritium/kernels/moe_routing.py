@@ -24,7 +24,7 @@ import triton.language as tl
 
 from tritium.autotune import next_pow2
 
-__all__ = ["moe_align", "moe_align_torch", "moe_num_blocks", "moe_route", "moe_route_ref"]
+__all__ = ["moe_align", "moe_align_kernel", "moe_align_torch", "moe_num_blocks", "moe_route", "moe_route_ref"]
 
 CHUNK = 64  # pairs placed per step of moe_align (a [CHUNK, CHUNK] rank and a [CHUNK, E] gather per step)
 ROWS = 128  # rows labelled per step of moe_align
@@ -136,10 +136,16 @@ def moe_route_ref(router_logits, top_k: int, renormalize: bool):
 
 
 def moe_align(topk_ids: torch.Tensor, num_experts: int, block_m: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sorted_pairs, block_expert) of topk_ids [T, K] (module doc)."""
-    flat = topk_ids.reshape(-1)
-    if flat.numel() > KERNEL_MAX_PAIRS:  # a size, not data: a step's bucket always takes the same path
+    """(sorted_pairs, block_expert) of topk_ids [T, K] (module doc): the kernel up to KERNEL_MAX_PAIRS pairs,
+    the torch form above (a size, not data: a step's bucket always takes the same path)."""
+    if topk_ids.numel() > KERNEL_MAX_PAIRS:
         return moe_align_torch(topk_ids, num_experts, block_m)
+    return moe_align_kernel(topk_ids, num_experts, block_m)
+
+
+def moe_align_kernel(topk_ids: torch.Tensor, num_experts: int, block_m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """moe_align by the one-program kernel, at any size."""
+    flat = topk_ids.reshape(-1)
     num_blocks = moe_num_blocks(flat.numel(), num_experts, block_m)
     sorted_pairs = torch.empty(num_blocks * block_m, dtype=torch.int32, device=flat.device)
     block_expert = torch.empty(num_blocks, dtype=torch.int32, device=flat.device)
