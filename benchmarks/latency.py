@@ -3,8 +3,8 @@ arrive together, with 512-token prompts and 128 greedy output tokens, measured f
 
 TPOT is (last token time - first token time) / (tokens - 1) per request; both are medians over the requests of
 5 rounds per batch size (`--repeats`: one batch-1 request alone varies by 10-20% run to run). The batch-1
-decode floor is the bytes a decode step must read (weights + the context's KV) over the card's copy bandwidth,
-measured in the same run. `python benchmarks/latency.py [--batches 1 8 64]`; writes
+decode floor is the bytes a decode step must read (weights, of an MoE block only the routed experts', + the
+context's KV) over the card's copy bandwidth, measured in the same run. `python benchmarks/latency.py [--batches 1 8 64]`; writes
 benchmarks/results/<gpu>/latency.json.
 """
 import argparse
@@ -59,6 +59,19 @@ def measure(llm, batch: int, salt: int, repeats: int) -> dict:
             "tpot_ms": 1e3 * statistics.median(tpot)}
 
 
+def batch1_weight_bytes(model) -> int:
+    """Weight bytes one decode token reads: every parameter once, but of each MoE block's experts only the
+    top k it is routed to."""
+    from tritium.model.moe import SparseMoeBlock
+
+    total = sum(p.numel() * p.element_size() for p in model.parameters())
+    for m in model.modules():
+        if isinstance(m, SparseMoeBlock):
+            experts = sum(p.numel() * p.element_size() for p in m.experts.parameters())
+            total -= experts * (m.experts.num_experts - m.top_k) // m.experts.num_experts
+    return total
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--preset", default="qwen3-0.6b")
@@ -72,7 +85,7 @@ def main():
               piecewise_graph_tokens=args.piecewise_graph_tokens)
     startup_s = time.perf_counter() - start
     rows = [measure(llm, b, salt=i, repeats=args.repeats) for i, b in enumerate(args.batches)]
-    weights = sum(p.numel() * p.element_size() for p in llm.runner.model.parameters())
+    weights = batch1_weight_bytes(llm.runner.model)
     kv_per_token = llm.runner.kv_cache[:, :, 0, 0].nbytes  # K and V of one token, all layers
     llm.exit()
     bw = copy_bandwidth()
@@ -84,12 +97,12 @@ def main():
     print(f"batch-1 decode floor {floor_ms:.3f} ms ({weights / 1e9:.2f} GB weights + KV at {bw / 1e12:.2f} TB/s "
           f"copy)")
     out = {"date": time.strftime("%Y-%m-%d"), "gpu": torch.cuda.get_device_name(), "prompt_tokens": PROMPT,
-           "output_tokens": OUTPUT, "copy_bytes_per_s": bw, "batch1_floor_ms": floor_ms,
+           "model": args.preset, "output_tokens": OUTPUT, "copy_bytes_per_s": bw, "batch1_floor_ms": floor_ms,
            "piecewise_graph_tokens": args.piecewise_graph_tokens, "pdl": autotune.PDL, "startup_s": startup_s,
            "rows": rows}
     pw = args.piecewise_graph_tokens
-    name = ("latency" + ("" if pw == PIECEWISE_GRAPH_TOKENS else f"_pw{pw}") + ("_pdl" if autotune.PDL else "")
-            + ".json")
+    name = ("latency" + ("" if args.preset == "qwen3-0.6b" else f"_{args.preset}")
+            + ("" if pw == PIECEWISE_GRAPH_TOKENS else f"_pw{pw}") + ("_pdl" if autotune.PDL else "") + ".json")
     path = ROOT / "benchmarks" / "results" / gpu_name() / name
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1))
