@@ -45,7 +45,7 @@ def test_greedy_matches_transformers(tiny_checkpoint, prompts, reference, option
 
 
 @pytest.mark.parametrize("preset", ["qwen2-tiny", "llama-tiny", "qwen3-moe-tiny", "mistral-tiny", "mixtral-tiny",
-                                    "qwen2-moe-tiny"])
+                                    "qwen2-moe-tiny", "phi3-tiny"])
 def test_other_architectures_match_transformers_in_a_batch(preset, prompts):
     from transformers import AutoModelForCausalLM
 

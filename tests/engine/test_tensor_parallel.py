@@ -34,7 +34,8 @@ def _nothing_left():
     ("qwen2-tiny", dict()),  # biases split with their rows
     ("llama-tiny", dict()),  # one KV head, replicated on both ranks
     ("qwen2-moe-tiny", dict()),  # every expert cut along its width, router and shared gate replicated
-], ids=["batched", "tp4", "chunked-preempting", "qwen2", "llama-replicated-kv", "qwen2-moe"])
+    ("phi3-tiny", dict()),  # packed qkv / gate_up checkpoint tensors split, then cut per rank
+], ids=["batched", "tp4", "chunked-preempting", "qwen2", "llama-replicated-kv", "qwen2-moe", "phi3-packed"])
 def test_tp_greedy_matches_transformers(preset, options):
     from transformers import AutoModelForCausalLM
 

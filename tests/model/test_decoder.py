@@ -1,4 +1,4 @@
-"""Every architecture (Qwen3, Qwen2, Llama, Mistral, Qwen3-MoE, Qwen2-MoE, Mixtral) on tritium kernels against transformers on the same synthetic checkpoint."""
+"""Every architecture (Qwen3, Qwen2, Llama, Mistral, Phi-3, Qwen3-MoE, Qwen2-MoE, Mixtral) on tritium kernels against transformers on the same synthetic checkpoint."""
 import json
 
 import pytest
@@ -51,7 +51,7 @@ def _tables(lens):
 
 
 @pytest.fixture(scope="module", params=["tiny", "qwen2-tiny", "llama-tiny", "qwen3-moe-tiny", "mistral-tiny",
-                                                 "mixtral-tiny", "qwen2-moe-tiny"])
+                                                 "mixtral-tiny", "qwen2-moe-tiny", "phi3-tiny"])
 def models(request):
     from transformers import AutoModelForCausalLM
 

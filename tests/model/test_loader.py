@@ -101,3 +101,11 @@ def test_moe_experts_missing_or_unknown(tmp_path):
     _edit_weights(path, lambda t: t.update({name: t[name][:-1].contiguous()}))
     with pytest.raises(ValueError, match=f"{name}.*expert 2 gate_proj"):
         load_model(path)
+
+
+def test_packed_checkpoint_tensor_of_the_wrong_size(tmp_path):
+    path = _copy(synthetic.ensure_checkpoint("phi3-tiny"), tmp_path / "m")
+    name = "model.layers.0.self_attn.qkv_proj.weight"  # q | k | v in one tensor
+    _edit_weights(path, lambda t: t.update({name: t[name][:-8].contiguous()}))
+    with pytest.raises(ValueError, match=f"{name}.*shape mismatch.*expected 256 rows"):
+        load_model(path)

@@ -19,7 +19,7 @@ def _digest(path):
                                          ("llama-tiny", "LlamaForCausalLM"),
                                          ("qwen3-moe-tiny", "Qwen3MoeForCausalLM"),
                                          ("mistral-tiny", "MistralForCausalLM"), ("mixtral-tiny", "MixtralForCausalLM"),
-                                         ("qwen2-moe-tiny", "Qwen2MoeForCausalLM")])
+                                         ("qwen2-moe-tiny", "Qwen2MoeForCausalLM"), ("phi3-tiny", "Phi3ForCausalLM")])
 def test_tiny_presets_load_in_transformers_with_peaked_logits(preset, arch):
     from transformers import AutoModelForCausalLM
 

@@ -56,6 +56,12 @@ class MistralForCausalLM(LlamaForCausalLM):
     max_context = staticmethod(_window_capped)
 
 
+class Phi3ForCausalLM(LlamaForCausalLM):
+    """Llama's layer; its checkpoints hold qkv_proj and gate_up_proj packed already (the linear layers' loaders
+    split them). Phi-3.5's "longrope" RoPE is refused by model_inv_freq."""
+    max_context = staticmethod(_window_capped)
+
+
 class MixtralForCausalLM(DecoderForCausalLM):
     renamed_modules = {"block_sparse_moe": "mlp"}
     max_context = staticmethod(_window_capped)
@@ -67,4 +73,4 @@ class MixtralForCausalLM(DecoderForCausalLM):
 
 ARCHITECTURES = {cls.__name__: cls for cls in (Qwen3ForCausalLM, Qwen2ForCausalLM, LlamaForCausalLM,
                                                 Qwen3MoeForCausalLM, Qwen2MoeForCausalLM, MistralForCausalLM,
-                                                MixtralForCausalLM)}
+                                                MixtralForCausalLM, Phi3ForCausalLM)}

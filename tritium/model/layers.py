@@ -125,6 +125,15 @@ class RowParallelLinear(LinearBase):
         return y if add_to is None else add_to.add_(y)
 
 
+def _load_packed(load_part, param: nn.Parameter, loaded: torch.Tensor, sizes: dict) -> None:
+    """A checkpoint tensor of all the parts in order, `sizes` {shard id: rows}: each part through load_part."""
+    if loaded.shape[0] != sum(sizes.values()):
+        raise ValueError(f"shape mismatch: checkpoint {tuple(loaded.shape)}, expected {sum(sizes.values())} rows "
+                         f"(parts {sizes})")
+    for shard_id, part in zip(sizes, loaded.split(list(sizes.values()))):
+        load_part(param, part, shard_id)
+
+
 class PackedColumnLinear(ColumnParallelLinear):
     """Several column-parallel projections in one matmul (q/k/v, gate/up). `parts` maps each checkpoint
     shard id to its full output size; each rank holds its slice of every part, parts laid out in order."""
@@ -135,6 +144,8 @@ class PackedColumnLinear(ColumnParallelLinear):
         self.local_sizes = {k: _divide(v, self.tp_size, f"part {k!r}") for k, v in parts.items()}
 
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id=None) -> None:
+        if shard_id is None:  # the checkpoint holds the parts packed already (Phi-3's gate_up_proj)
+            return _load_packed(self.weight_loader, param, loaded, self.part_sizes)
         if shard_id not in self.part_sizes:
             raise ValueError(f"unknown packed shard {shard_id!r}; expected one of {list(self.part_sizes)}")
         if loaded.shape[0] != self.part_sizes[shard_id]:
@@ -182,6 +193,9 @@ class QKVParallelLinear(LinearBase):
             self.bias.weight_loader = self.weight_loader
 
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id=None) -> None:
+        if shard_id is None:  # the checkpoint holds q, k and v packed already (Phi-3's qkv_proj)
+            sizes = {k: n * self.head_dim for k, n in self.full_heads.items()}
+            return _load_packed(self.weight_loader, param, loaded, sizes)
         if shard_id not in self.layout:
             raise ValueError(f"unknown packed shard {shard_id!r}; expected one of {list(self.layout)}")
         d = self.head_dim

@@ -116,8 +116,8 @@ def load_weights(model: nn.Module, model_dir: str | os.PathLike) -> None:
     missing = []
     for name, param in params.items():
         needed = getattr(param, "shard_ids", None) or {sid for p, sid in packed.values() if f".{p}." in name}
-        needed = needed or {None}
-        if not needed <= loaded.get(id(param), set()):
+        got = loaded.get(id(param), set())
+        if not ((needed or {None}) <= got or None in got):  # None: the whole tensor, every part at once
             missing.append(name)
     if missing:
         raise ValueError(f"checkpoint is missing tensors for parameters: {missing[:8]}"

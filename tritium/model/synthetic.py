@@ -1,4 +1,5 @@
-"""Synthetic Hugging Face-format checkpoints (Qwen3, Qwen3-MoE, Qwen2, Qwen2-MoE, Llama, Mistral, Mixtral): random weights at chosen shapes, a real
+"""Synthetic Hugging Face-format checkpoints (Qwen3, Qwen3-MoE, Qwen2, Qwen2-MoE, Llama, Mistral, Mixtral,
+Phi-3): random weights at chosen shapes, a real
 tokenizer.
 
 `python -m tritium.model.synthetic --preset NAME [OUT_DIR]` (NAME: a key of PRESETS) writes config.json,
@@ -55,6 +56,8 @@ PRESETS = {
     # a sliding window shorter than max_position_embeddings: the engine caps the context at it
     "mistral-tiny": dict(family="mistral", hidden_size=128, num_attention_heads=4, num_key_value_heads=2,
                          intermediate_size=256, tie_word_embeddings=False, sliding_window=512, **_TINY),
+    "phi3-tiny": dict(family="phi3", hidden_size=128, num_attention_heads=4, num_key_value_heads=2,
+                      intermediate_size=256, tie_word_embeddings=False, sliding_window=None, **_TINY),
     "mixtral-tiny": dict(family="mixtral", hidden_size=128, num_attention_heads=4, num_key_value_heads=2,
                          intermediate_size=64, num_local_experts=4, num_experts_per_tok=2,
                          tie_word_embeddings=False, sliding_window=None, **_TINY),
@@ -97,6 +100,8 @@ _FAMILIES = {
                       use_sliding_window=False, decoder_sparse_step=1),
     "mistral": dict(architectures=["MistralForCausalLM"], model_type="mistral", rms_norm_eps=1e-5,
                     rope_theta=1000000.0),
+    "phi3": dict(architectures=["Phi3ForCausalLM"], model_type="phi3", rms_norm_eps=1e-5, rope_theta=10000.0,
+                 original_max_position_embeddings=4096, attention_bias=False, pad_token_id=0),
     "mixtral": dict(architectures=["MixtralForCausalLM"], model_type="mixtral", rms_norm_eps=1e-5,
                     rope_theta=1000000.0, router_jitter_noise=0.0),
     "qwen2": dict(architectures=["Qwen2ForCausalLM"], model_type="qwen2", rms_norm_eps=1e-6, rope_theta=1000000.0,
@@ -142,12 +147,16 @@ def _tensor_specs(cfg: dict):
     d = cfg.get("head_dim") or h // cfg["num_attention_heads"]
     hq, hkv = cfg["num_attention_heads"] * d, cfg["num_key_value_heads"] * d
     yield "model.embed_tokens.weight", (cfg["vocab_size"], h), "embed"
+    packed = cfg["model_type"] == "phi3"  # q|k|v and gate|up as one tensor each
     for n in range(cfg["num_hidden_layers"]):
         p = f"model.layers.{n}."
         yield p + "input_layernorm.weight", (h,), "norm"
-        yield p + "self_attn.q_proj.weight", (hq, h), "in"
-        yield p + "self_attn.k_proj.weight", (hkv, h), "in"
-        yield p + "self_attn.v_proj.weight", (hkv, h), "in"
+        if packed:
+            yield p + "self_attn.qkv_proj.weight", (hq + 2 * hkv, h), "in"
+        else:
+            yield p + "self_attn.q_proj.weight", (hq, h), "in"
+            yield p + "self_attn.k_proj.weight", (hkv, h), "in"
+            yield p + "self_attn.v_proj.weight", (hkv, h), "in"
         if cfg["model_type"] in ("qwen2", "qwen2_moe"):
             yield p + "self_attn.q_proj.bias", (hq,), "bias"
             yield p + "self_attn.k_proj.bias", (hkv,), "bias"
@@ -163,8 +172,11 @@ def _tensor_specs(cfg: dict):
         if cfg["model_type"] == "mixtral":
             yield from _moe_specs(p + "block_sparse_moe.", cfg, i, ("w1", "w3", "w2"))
             continue
-        yield p + "mlp.gate_proj.weight", (i, h), "in"
-        yield p + "mlp.up_proj.weight", (i, h), "in"
+        if packed:
+            yield p + "mlp.gate_up_proj.weight", (2 * i, h), "in"
+        else:
+            yield p + "mlp.gate_proj.weight", (i, h), "in"
+            yield p + "mlp.up_proj.weight", (i, h), "in"
         yield p + "mlp.down_proj.weight", (h, i), "out"
     yield "model.norm.weight", (h,), "final_norm"
     if not cfg["tie_word_embeddings"]:
