@@ -58,12 +58,14 @@ def test_cuda_graph_decode_is_bit_identical_to_the_same_batch_eager(checkpoint):
 
 
 def test_moe_decode_graphs_and_start_up():
-    """Qwen3-MoE (routing, sorting and the grouped GEMM inside the decode graphs): graph == eager bit for bit
-    at every decode step, and a generate after start-up compiles and tunes nothing."""
+    """Qwen3-MoE (routing, alignment and the grouped GEMM inside the decode graphs; the piecewise prefill graphs
+    of 512 tokens and up hold the torch form of the alignment, past moe_routing.KERNEL_MAX_PAIRS): graph ==
+    eager bit for bit at every decode step, and a generate after start-up compiles and tunes nothing."""
     from tritium.model.synthetic import ensure_checkpoint
 
     with LLM(ensure_checkpoint("qwen3-moe-small"), max_model_len=1024, max_num_seqs=32,
              max_num_batched_tokens=2048) as llm:
+        assert llm.runner.piecewise is not None and llm.runner.piecewise.buckets[-1] == 2048
         before = _built_and_tuned()
         assert _decode_graphs_match_eager(llm, _prompts(20, 5, 700, seed=4), SamplingParams(
             temperature=0, max_tokens=24, ignore_eos=True)) >= 23
