@@ -164,13 +164,22 @@ def test_unsupported_variants_are_named(tmp_path):
 @pytest.mark.gpu
 @pytest.mark.parametrize("preset", ["qwen3-0.6b", "qwen2.5-0.5b", "llama-3.2-1b", "qwen3-moe-small"])
 def test_bf16_at_real_shapes_matches_transformers_fp32(preset):
+    """Logits within 3e-2 of transformers in fp32, or within 1.5x transformers' own bf16 error where that is
+    larger (an MoE router's near-tied experts swap under bf16 rounding, in transformers too)."""
     from transformers import AutoModelForCausalLM
 
     from tritium.model.synthetic import ensure_checkpoint
 
     path = ensure_checkpoint(preset)
     ref = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).cuda().eval()
+    ref_bf16 = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).cuda().eval()
     ours = load_model(path, device="cuda", dtype=torch.bfloat16)
+
+    def bound(inputs, want):
+        with torch.no_grad():
+            theirs = torch.cat([ref_bf16(x[None].cuda()).logits[0, -len(w):].float() for x, w in zip(inputs, want)])
+        return max(3e-2, 1.5 * rel_err(theirs, torch.cat(want)))
+
     lens = [300, 77, 1024, 5]
     prompts = [torch.randint(0, ref.config.vocab_size, (n,)) for n in lens]
     tables, nblocks = _tables([n + 1 for n in lens])
@@ -179,8 +188,9 @@ def test_bf16_at_real_shapes_matches_transformers_fp32(preset):
     with torch.no_grad():
         hidden = ours(torch.cat(prompts).cuda(), pos, meta)
         logits = ours.compute_logits(hidden).float()
-        want = torch.cat([ref(p[None].cuda()).logits[0] for p in prompts])
-    assert rel_err(logits, want) <= 3e-2
+        wants = [ref(p[None].cuda()).logits[0] for p in prompts]
+    want = torch.cat(wants)
+    assert rel_err(logits, want) <= bound(prompts, wants)
     top2 = want.topk(2, -1).values
     clear = (top2[:, 0] - top2[:, 1]) > 0.25  # margins above the bf16 error of the logits
     agree = (logits.argmax(-1) == want.argmax(-1))[clear].float().mean().item()
@@ -191,9 +201,9 @@ def test_bf16_at_real_shapes_matches_transformers_fp32(preset):
     dmeta = _decode_meta(lens[:2], tables, meta.block_tables[:2], "cuda")
     with torch.no_grad():
         logits = ours.compute_logits(ours(nxt.cuda(), torch.tensor(lens[:2], device="cuda"), dmeta)).float()
-        want = torch.stack([ref(torch.cat([p, nxt[b:b + 1]])[None].cuda()).logits[0, -1]
-                            for b, p in enumerate(prompts[:2])])
-    assert rel_err(logits, want) <= 3e-2
+        longer = [torch.cat([p, nxt[b:b + 1]]) for b, p in enumerate(prompts[:2])]
+        wants = [ref(x[None].cuda()).logits[0, -1:] for x in longer]
+    assert rel_err(logits, torch.cat(wants)) <= bound(longer, wants)
 
 
 def test_sparse_layers_are_the_ones_transformers_builds():
