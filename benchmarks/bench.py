@@ -99,7 +99,7 @@ def main():
         result["gpu"] = torch.cuda.get_device_name()
         tp = f"_tp{args.tensor_parallel_size}" if args.tensor_parallel_size > 1 else ""
         pw = f"_pw{args.piecewise_graph_tokens}" if args.piecewise_graph_tokens != PIECEWISE_GRAPH_TOKENS else ""
-        model = "" if args.model or args.preset == "qwen3-0.6b" else f"_{args.preset}"  # the reference bench: bench.json
+        model = "" if args.model or args.preset == "qwen3-0.6b" else f"_{args.preset}"  # reference: bench.json
         name = f"bench{model}{tp}" + ("_eager" if args.enforce_eager else "") + pw + ".json"
         path = ROOT / "benchmarks" / "results" / gpu_name() / name
         path.parent.mkdir(parents=True, exist_ok=True)
