@@ -4,8 +4,9 @@ arrive together, with 512-token prompts and 128 greedy output tokens, measured f
 TPOT is (last token time - first token time) / (tokens - 1) per request; both are medians over the requests of
 5 rounds per batch size (`--repeats`: one batch-1 request alone varies by 10-20% run to run). The batch-1
 decode floor is the bytes a decode step must read (weights, of an MoE block only the routed experts', + the
-context's KV) over the card's copy bandwidth, measured in the same run. `python benchmarks/latency.py [--batches 1 8 64]`; writes
-benchmarks/results/<gpu>/latency.json.
+context's KV) over the card's copy bandwidth, measured in the same run. `python benchmarks/latency.py
+[--batches 1 8 64] [--preset NAME]`; writes benchmarks/results/<gpu>/latency.json (latency_<preset>.json for
+another preset).
 """
 import argparse
 import json

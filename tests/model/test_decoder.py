@@ -1,4 +1,5 @@
-"""Every architecture (Qwen3, Qwen2, Llama, Mistral, Phi-3, Qwen3-MoE, Qwen2-MoE, Mixtral) on tritium kernels against transformers on the same synthetic checkpoint."""
+"""Every architecture (Qwen3, Qwen2, Llama, Mistral, Phi-3, Qwen3-MoE, Qwen2-MoE, Mixtral) on tritium kernels
+against transformers on the same synthetic checkpoint."""
 import json
 
 import pytest

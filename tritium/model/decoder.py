@@ -133,7 +133,8 @@ class DecoderLayer(nn.Module):
     def finish(self, o, residual):
         """The layer after its attention output o [T, Hq, D]: (hidden, residual), hidden None when added."""
         o = o.view(o.shape[0], -1)
-        if few_rows(o) and isinstance(self.mlp, DecoderMLP):  # each projection adds into the residual stream, the next one norms it in its loads
+        # each projection adds into the residual stream, the next one norms it in its loads (dense MLPs only)
+        if few_rows(o) and isinstance(self.mlp, DecoderMLP):
             self.self_attn.o_proj(o, add_to=residual)
             gate_up = self.mlp.gate_up_proj(residual, norm=self.post_attention_layernorm)
             self.mlp.down_proj(gate_up, gated=True, add_to=residual)

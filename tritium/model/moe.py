@@ -1,11 +1,11 @@
-"""The sparse MoE block of Qwen3-MoE, Qwen2-MoE and Mixtral: a router picks each token's top-k experts, whose gated MLPs run as one
-grouped GEMM (kernels/moe.py) and are summed with the routing weights.
+"""The sparse MoE block of Qwen3-MoE, Qwen2-MoE and Mixtral: a router picks each token's top-k experts, whose gated
+MLPs run as one grouped GEMM (kernels/moe.py) and are summed with the routing weights.
 
 Under tensor parallelism every rank holds all experts, each cut along its intermediate width (gate and up rows,
 down columns), as the dense MLP is: the partial outputs are summed over ranks. The router is replicated.
-Parameter names follow the checkpoint's module path (`mlp.gate`, `mlp.experts`); the loader gives each
-expert's `gate_proj` / `up_proj` / `down_proj` (Mixtral: `w1` / `w3` / `w2`) tensor to the experts' weight_loader with shard id
-(expert, part).
+Parameter names follow the checkpoint's module path (`mlp.gate`, `mlp.experts`); the loader gives each expert's
+`gate_proj` / `up_proj` / `down_proj` (Mixtral: `w1` / `w3` / `w2`) tensor to the experts' weight_loader with
+shard id (expert, part).
 """
 from __future__ import annotations
 

@@ -1,6 +1,5 @@
 """Synthetic Hugging Face-format checkpoints (Qwen3, Qwen3-MoE, Qwen2, Qwen2-MoE, Llama, Mistral, Mixtral,
-Phi-3): random weights at chosen shapes, a real
-tokenizer.
+Phi-3): random weights at chosen shapes, a real tokenizer.
 
 `python -m tritium.model.synthetic --preset NAME [OUT_DIR]` (NAME: a key of PRESETS) writes config.json,
 model.safetensors (sharded with an index above SHARD_BYTES), generation_config.json and tokenizer files with a
@@ -12,8 +11,9 @@ and next-token distributions are peaked:
 - o_proj/down ~ N(0, (gain * EMBED_STD)^2/fan_in) with gain = sqrt(hidden / layers): the sublayers together
   outweigh the token's own embedding (with tied embeddings a weaker stack makes the model echo its input), so
   every layer, and attention across positions, changes the next token;
-- the final norm (or the untied head) is scaled so logits have a standard deviation of about LOGIT_STD.
-MoE routers ~ N(0, ROUTER_STD^2 / hidden). Norm weights are 1 + N(0, 0.1^2) so a kernel that forgets to apply them is caught; Qwen2's q/k/v biases are
+- the final norm (or the untied head) is scaled so logits have a standard deviation of about LOGIT_STD;
+- MoE routers (and Qwen2-MoE's shared-expert gate) ~ N(0, ROUTER_STD^2 / hidden).
+Norm weights are 1 + N(0, 0.1^2) so a kernel that forgets to apply them is caught; Qwen2's q/k/v biases are
 N(0, BIAS_STD^2).
 """
 from __future__ import annotations
