@@ -65,11 +65,13 @@ def batch1_weight_bytes(model) -> int:
     top k it is routed to."""
     from tritium.model.moe import SparseMoeBlock
 
-    total = sum(p.numel() * p.element_size() for p in model.parameters())
+    def nbytes(module):
+        return sum(p.numel() * p.element_size() for p in module.parameters())
+
+    total = nbytes(model)
     for m in model.modules():
         if isinstance(m, SparseMoeBlock):
-            experts = sum(p.numel() * p.element_size() for p in m.experts.parameters())
-            total -= experts * (m.experts.num_experts - m.top_k) // m.experts.num_experts
+            total -= nbytes(m.experts) * (m.experts.num_experts - m.top_k) // m.experts.num_experts
     return total
 
 

@@ -24,6 +24,7 @@ import triton
 import triton.language as tl
 
 from tritium.autotune import next_pow2, tuned
+from tritium.kernels.attention_ref import check_out
 from tritium.kernels.moe_routing import moe_align, moe_route
 
 __all__ = ["fused_moe", "fused_moe_ref", "moe_align", "moe_block_m", "moe_route", "CONFIGS"]
@@ -141,11 +142,7 @@ def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights
     _check(x, w13, w2, topk_weights, topk_ids)
     t, top_k = topk_ids.shape
     num_experts, inter = w13.shape[0], w13.shape[1] // 2
-    if out is None:
-        out = x.new_empty(x.shape)
-    elif out.shape != x.shape or out.dtype != x.dtype or out.device != x.device:
-        raise ValueError(f"fused_moe: out must be {x.dtype} {tuple(x.shape)} on {x.device}, got {out.dtype} "
-                         f"{tuple(out.shape)} on {out.device}")
+    out = check_out("fused_moe", out, x)
     if t == 0:
         return out
     block_m = moe_block_m(t, top_k, num_experts)

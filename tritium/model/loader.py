@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from tritium.model.layers import default_weight_loader
+from tritium.model.moe import DOWN, GATE, UP
 from tritium.model.architectures import ARCHITECTURES
 from tritium.model.decoder import head_dim, model_inv_freq
 
@@ -72,7 +73,7 @@ def _checkpoint_files(path: Path) -> list[Path]:
 
 # one expert's tensor of a MoE block: experts.<e>.<part>.weight -> (parameter name, (e, part))
 _EXPERT = re.compile(r"\.experts\.(\d+)\.(gate_proj|up_proj|down_proj|w1|w3|w2)\.weight$")
-_EXPERT_PART = {"gate_proj": "gate", "w1": "gate", "up_proj": "up", "w3": "up", "down_proj": "down", "w2": "down"}
+_EXPERT_PART = {"gate_proj": GATE, "w1": GATE, "up_proj": UP, "w3": UP, "down_proj": DOWN, "w2": DOWN}
 
 
 def _target(name: str, packed: dict, renamed: dict) -> tuple[str, object]:
@@ -82,7 +83,7 @@ def _target(name: str, packed: dict, renamed: dict) -> tuple[str, object]:
     m = _EXPERT.search(name)
     if m:
         part = _EXPERT_PART[m.group(2)]
-        param = "down_proj" if part == "down" else "gate_up_proj"
+        param = "down_proj" if part == DOWN else "gate_up_proj"
         return f"{name[:m.start()]}.experts.{param}", (int(m.group(1)), part)
     for ckpt_part, (param_part, sid) in packed.items():
         if f".{ckpt_part}." in name:
